@@ -1,0 +1,119 @@
+"""The one error hierarchy of Sealwire.
+
+Every exception the package raises on purpose is a :class:`SealwireError`::
+
+    SealwireError
+    ├── LocalProtocolError        you used the API wrongly (an event the state does not allow)
+    ├── RemoteProtocolError       the peer sent something we refuse; carries a stable wire code
+    │   └── DecodeError           bytes that are not a valid Sealwire structure
+    ├── CryptoError               a cryptographic check failed
+    │   ├── InvalidEnvelope       an envelope could not be opened (one opaque error, no detail)
+    │   ├── InvalidSignature      a signature over a labelled message did not verify
+    │   ├── InvalidCertificate    a certificate chain did not verify (reason names the check)
+    │   └── ActivationFailed      the activation PAKE did not confirm (wrong password or attack)
+    ├── TransportError            a connection could not be made or broke
+    ├── StorageError              the database or a file store failed
+    └── ConfigError               a configuration value is missing or invalid
+
+``sealwire.mls`` is a self-contained library (RFC 9420) and keeps its own tree rooted at
+``sealwire.mls.errors.MLSError``; services translate it at their boundary with ``raise ... from``.
+
+Wire codes (``RemoteProtocolError.code``) are short stable ASCII strings; they are part of the
+protocol (docs/PROTOCOL.md lists them) and never change meaning.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActivationFailed",
+    "ConfigError",
+    "CryptoError",
+    "DecodeError",
+    "InvalidCertificate",
+    "InvalidEnvelope",
+    "InvalidSignature",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "SealwireError",
+    "StorageError",
+    "TransportError",
+]
+
+
+class SealwireError(Exception):
+    """Base of every error Sealwire raises on purpose."""
+
+
+class LocalProtocolError(SealwireError):
+    """This side misused an API: for example it sent a frame its state machine does not allow.
+
+    A bug in the caller, never something a peer can cause.
+    """
+
+
+class RemoteProtocolError(SealwireError):
+    """The peer sent something we refuse.
+
+    Attributes:
+        code: stable short wire code sent to the peer in an error frame (docs/PROTOCOL.md).
+        reason: human-readable detail for logs; never contains secrets or payload bytes.
+    """
+
+    code: str = "protocol"
+
+    def __init__(self, reason: str, *, code: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if code is not None:
+            self.code = code
+
+
+class DecodeError(RemoteProtocolError):
+    """Bytes that are not a valid Sealwire structure: bad CBOR, unknown keys, wrong types,
+    floats, tags, indefinite lengths, excess depth or size, or values out of range."""
+
+    code = "malformed"
+
+
+class CryptoError(SealwireError):
+    """A cryptographic check failed."""
+
+
+class InvalidEnvelope(CryptoError):
+    """An envelope could not be opened.
+
+    Deliberately opaque: decoding, decryption, padding, signature, certificate, freshness and
+    replay failures all raise this same error with the same message, so that nothing observable
+    tells an attacker which check failed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("envelope rejected")
+
+
+class InvalidSignature(CryptoError):
+    """A signature did not verify under the given key and label."""
+
+
+class InvalidCertificate(CryptoError):
+    """A certificate or chain did not verify. ``str(exc)`` names the failed check; certificates
+    are public, so this detail is safe to log."""
+
+
+class ActivationFailed(CryptoError):
+    """The activation PAKE did not confirm: a wrong password, or frames altered in transit.
+
+    The two cases are indistinguishable by design.
+    """
+
+
+class TransportError(SealwireError):
+    """A network connection could not be made, or broke."""
+
+
+class StorageError(SealwireError):
+    """A database or file-store operation failed."""
+
+
+class ConfigError(SealwireError):
+    """A configuration value is missing or invalid; the message says which and how to fix it."""
