@@ -87,17 +87,21 @@ def wire(
     return dataclasses.field(default=default, metadata=meta)
 
 
+Convert = typing.Callable[[Any], Any]
+
+
 @dataclasses.dataclass(frozen=True)
 class _FieldSpec:
     name: str
+    """Attribute name."""
     key: int
-    tp: Any
+    """CBOR map key."""
     optional: bool
-    size: int | None
-    max_size: int | None
-    min_value: int | None
-    max_value: int | None
-    max_items: int | None
+    """``X | None``: left out of the map when ``None``."""
+    convert: Convert
+    """Checks one decoded value against the field's type and bounds and converts it."""
+    plain: Convert | None
+    """Turns the field's value into the CBOR data model (``None``: it already is)."""
 
 
 class Struct:
@@ -107,7 +111,9 @@ class Struct:
 
     def encode(self) -> bytes:
         """Return the deterministic CBOR encoding of this structure."""
-        return encode_value(self.to_value())
+        # to_value() builds every map in ascending unsigned key order, and cbor2 always writes
+        # shortest heads and definite lengths: the plain encoder is deterministic here.
+        return cbor2.dumps(self.to_value())
 
     @classmethod
     def decode(cls, data: bytes, *, max_size: int = MAX_MESSAGE) -> Self:
@@ -127,32 +133,39 @@ class Struct:
                 if not spec.optional:
                     raise ValueError(f"{type(self).__name__}.{spec.name} must not be None")
                 continue
-            out[spec.key] = _to_plain(value)
+            out[spec.key] = value if spec.plain is None else spec.plain(value)
         return out
 
     @classmethod
     def from_value(cls, value: Any) -> Self:
         """Build this structure from a decoded CBOR value, checking keys, types and bounds."""
-        name = cls.__name__
-        if not isinstance(value, Mapping):
-            raise DecodeError(f"{name}: expected a map")
+        if not isinstance(value, dict):
+            raise DecodeError(f"{cls.__name__}: expected a map")
         specs = _fields_of(cls)
-        known = {spec.key for spec in specs}
-        for key in value:
-            if key not in known:
-                raise DecodeError(f"{name}: unknown key {key!r}")
         kwargs: dict[str, Any] = {}
+        found = 0
         for spec in specs:
-            if spec.key not in value:
+            item = value.get(spec.key, _ABSENT)
+            if item is _ABSENT:
                 if not spec.optional:
-                    raise DecodeError(f"{name}: missing {spec.name}")
+                    raise DecodeError(f"{cls.__name__}: missing {spec.name}")
                 kwargs[spec.name] = None
                 continue
-            kwargs[spec.name] = _from_plain(value[spec.key], spec.tp, spec, f"{name}.{spec.name}")
+            found += 1
+            try:
+                kwargs[spec.name] = spec.convert(item)
+            except DecodeError as exc:
+                raise DecodeError(f"{cls.__name__}.{spec.name}: {exc.reason}") from None
+        if found != len(value):
+            unknown = sorted(str(k) for k in value if k not in {s.key for s in specs})
+            raise DecodeError(f"{cls.__name__}: unknown keys {', '.join(unknown)}")
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as exc:
-            raise DecodeError(f"{name}: {exc}") from exc
+            raise DecodeError(f"{cls.__name__}: {exc}") from None
+
+
+_ABSENT = object()
 
 
 def _fields_of(cls: type[Struct]) -> tuple[_FieldSpec, ...]:
@@ -167,25 +180,13 @@ def _fields_of(cls: type[Struct]) -> tuple[_FieldSpec, ...]:
         tp = hints[f.name]
         optional = False
         args = typing.get_args(tp)
-        if _is_union(tp) and type(None) in args:
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
             rest = [a for a in args if a is not type(None)]
-            if len(rest) != 1:
-                raise TypeError(f"{cls.__name__}.{f.name}: unions are not supported")
+            if len(rest) != 1 or len(args) != 2:
+                raise TypeError(f"{cls.__name__}.{f.name}: only X | None unions are supported")
             tp, optional = rest[0], True
         m = f.metadata
-        specs.append(
-            _FieldSpec(
-                f.name,
-                m["key"],
-                tp,
-                optional,
-                m["size"],
-                m["max_size"],
-                m["min_value"],
-                m["max_value"],
-                m["max_items"],
-            )
-        )
+        specs.append(_FieldSpec(f.name, m["key"], optional, _converter(tp, m), _plain(tp)))
     keys = [s.key for s in specs]
     if len(set(keys)) != len(keys):
         raise TypeError(f"{cls.__name__}: duplicate wire keys")
@@ -194,58 +195,80 @@ def _fields_of(cls: type[Struct]) -> tuple[_FieldSpec, ...]:
     return result
 
 
-def _is_union(tp: Any) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType)
-
-
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, Struct):
-        return value.to_value()
-    if isinstance(value, tuple):
-        return [_to_plain(v) for v in value]
-    if isinstance(value, enum.IntEnum):
-        return int(value)
-    return value
-
-
-def _from_plain(value: Any, tp: Any, spec: _FieldSpec, where: str) -> Any:
+def _plain(tp: Any) -> Convert | None:
+    """Build the function that turns a field value of type ``tp`` into the data model."""
     if isinstance(tp, type) and issubclass(tp, Struct):
-        return tp.from_value(value)
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        (item_tp, ellipsis) = typing.get_args(tp)
-        assert ellipsis is Ellipsis, "only tuple[X, ...] is supported"
-        if not isinstance(value, list):
-            raise DecodeError(f"{where}: expected an array")
-        if spec.max_items is not None and len(value) > spec.max_items:
-            raise DecodeError(f"{where}: more than {spec.max_items} items")
-        return tuple(_from_plain(v, item_tp, spec, where) for v in value)
+        return lambda value: value.to_value()
+    if isinstance(tp, type) and issubclass(tp, enum.IntEnum):
+        return int
+    if typing.get_origin(tp) is tuple:
+        item = _plain(typing.get_args(tp)[0])
+        if item is None:
+            return list
+        return lambda value: [item(v) for v in value]
+    return None
+
+
+def _converter(tp: Any, bounds: Mapping[str, Any]) -> Convert:
+    """Build the function that checks and converts a decoded value of type ``tp``."""
+    if isinstance(tp, type) and issubclass(tp, Struct):
+        return tp.from_value
+    if typing.get_origin(tp) is tuple:
+        item_tp, ellipsis = typing.get_args(tp)
+        if ellipsis is not Ellipsis:
+            raise TypeError("only tuple[X, ...] is supported")
+        item = _converter(item_tp, bounds)
+        max_items = bounds["max_items"]
+
+        def convert_tuple(value: Any) -> Any:
+            if type(value) is not list:
+                raise DecodeError("expected an array")
+            if max_items is not None and len(value) > max_items:
+                raise DecodeError(f"more than {max_items} items")
+            return tuple(item(v) for v in value)
+
+        return convert_tuple
     if tp is bool:
-        if not isinstance(value, bool):
-            raise DecodeError(f"{where}: expected a boolean")
-        return value
-    if tp is int or (isinstance(tp, type) and issubclass(tp, enum.IntEnum)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise DecodeError(f"{where}: expected an integer")
-        if spec.min_value is not None and value < spec.min_value:
-            raise DecodeError(f"{where}: below {spec.min_value}")
-        if spec.max_value is not None and value > spec.max_value:
-            raise DecodeError(f"{where}: above {spec.max_value}")
-        if tp is int:
+
+        def convert_bool(value: Any) -> Any:
+            if type(value) is not bool:
+                raise DecodeError("expected a boolean")
             return value
-        try:
-            return tp(value)
-        except ValueError as exc:
-            raise DecodeError(f"{where}: unknown value {value}") from exc
+
+        return convert_bool
+    if tp is int or (isinstance(tp, type) and issubclass(tp, enum.IntEnum)):
+        low = bounds["min_value"] if bounds["min_value"] is not None else _INT_MIN
+        high = bounds["max_value"] if bounds["max_value"] is not None else _INT_MAX
+        enum_type = None if tp is int else tp
+
+        def convert_int(value: Any) -> Any:
+            if type(value) is not int:
+                raise DecodeError("expected an integer")
+            if not low <= value <= high:
+                raise DecodeError(f"out of range [{low}, {high}]")
+            if enum_type is None:
+                return value
+            try:
+                return enum_type(value)
+            except ValueError:
+                raise DecodeError(f"unknown value {value}") from None
+
+        return convert_int
     if tp is bytes or tp is str:
-        if not isinstance(value, tp):
-            raise DecodeError(f"{where}: expected {'bytes' if tp is bytes else 'text'}")
-        if spec.size is not None and len(value) != spec.size:
-            raise DecodeError(f"{where}: must be {spec.size} long")
-        if spec.max_size is not None and len(value) > spec.max_size:
-            raise DecodeError(f"{where}: longer than {spec.max_size}")
-        return value
-    raise TypeError(f"{where}: unsupported field type {tp!r}")
+        size, max_size = bounds["size"], bounds["max_size"]
+        kind = "bytes" if tp is bytes else "text"
+
+        def convert_string(value: Any) -> Any:
+            if type(value) is not tp:
+                raise DecodeError(f"expected {kind}")
+            if size is not None and len(value) != size:
+                raise DecodeError(f"must be {size} long")
+            if max_size is not None and len(value) > max_size:
+                raise DecodeError(f"longer than {max_size}")
+            return value
+
+        return convert_string
+    raise TypeError(f"unsupported field type {tp!r}")
 
 
 def encode_value(value: Any) -> bytes:
@@ -262,9 +285,10 @@ def decode_value(data: bytes, *, max_size: int = MAX_MESSAGE) -> Any:
         DecodeError: on anything but exactly one well-formed, deterministic, tag-free,
             float-free item within the size, depth and item bounds.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError("expected bytes")
-    data = bytes(data)
+    if type(data) is not bytes:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise DecodeError("expected bytes")
+        data = bytes(data)
     if len(data) > max_size:
         raise DecodeError(f"larger than {max_size} bytes")
     if not data:
@@ -279,9 +303,11 @@ def decode_value(data: bytes, *, max_size: int = MAX_MESSAGE) -> Any:
         )
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise DecodeError(f"not valid CBOR: {_short(exc)}") from None
-    _check_plain(value, 0)
+    sorted_keys = _check_plain(value)
     try:
-        again = encode_value(value)
+        # With every map's keys already in deterministic order, cbor2's plain encoder (always
+        # shortest heads, definite lengths) yields the deterministic encoding, and faster.
+        again = cbor2.dumps(value) if sorted_keys else encode_value(value)
     except (cbor2.CBOREncodeError, ValueError, TypeError) as exc:
         raise DecodeError(f"not re-encodable: {_short(exc)}") from None
     if again != data:
@@ -294,33 +320,49 @@ def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
 
 
-def _check_plain(value: Any, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise DecodeError("nested too deeply")
-    if value is None or isinstance(value, bool | bytes | str):
-        return
-    if isinstance(value, int):
-        if not _INT_MIN <= value <= _INT_MAX:
-            raise DecodeError("integer out of range")
-        return
-    if isinstance(value, list):
-        if len(value) > MAX_ITEMS:
-            raise DecodeError("array too long")
-        for item in value:
-            _check_plain(item, depth + 1)
-        return
-    if isinstance(value, dict):
-        if len(value) > MAX_ITEMS:
-            raise DecodeError("map too large")
-        for key, item in value.items():
-            if isinstance(key, bool) or not isinstance(key, int | str):
-                raise DecodeError("map keys must be integers or text")
-            _check_plain(key, depth + 1)
-            _check_plain(item, depth + 1)
-        return
-    if isinstance(value, float):
-        raise DecodeError("floats are not allowed")
-    raise DecodeError(f"{type(value).__name__} values (tags or simple values) are not allowed")
+_SCALARS = (bytes, str, bool, type(None))
+
+
+def _check_plain(root: Any) -> bool:
+    """Check the decoded data model; return whether every map's keys are unsigned integers
+    in ascending order (then the plain encoding is the deterministic one)."""
+    sorted_keys = True
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind in _SCALARS:
+            continue
+        if kind is int:
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise DecodeError("integer out of range")
+            continue
+        if depth >= MAX_DEPTH:
+            raise DecodeError("nested too deeply")
+        if kind is list:
+            if len(value) > MAX_ITEMS:
+                raise DecodeError("array too long")
+            stack.extend((item, depth + 1) for item in value)
+            continue
+        if kind is dict:
+            if len(value) > MAX_ITEMS:
+                raise DecodeError("map too large")
+            previous = -1
+            for key in value:
+                if type(key) is int and key > previous:
+                    previous = key
+                elif type(key) is int or type(key) is str:
+                    sorted_keys = False
+                    if type(key) is int and not _INT_MIN <= key <= _INT_MAX:
+                        raise DecodeError("integer out of range")
+                else:
+                    raise DecodeError("map keys must be integers or text")
+            stack.extend((item, depth + 1) for item in value.values())
+            continue
+        if kind is float:
+            raise DecodeError("floats are not allowed")
+        raise DecodeError(f"{kind.__name__} values (tags or simple values) are not allowed")
+    return sorted_keys
 
 
 S = TypeVar("S", bound=Struct)
@@ -355,7 +397,7 @@ class Variants:
 
     def encode(self, value: Struct) -> bytes:
         """Encode ``value`` as ``[code, body]``."""
-        return encode_value([self.code_of(value), value.to_value()])
+        return cbor2.dumps([self.code_of(value), value.to_value()])
 
     def decode(self, data: bytes, *, max_size: int = MAX_MESSAGE) -> Struct:
         """Decode one member strictly; unknown codes are a :class:`DecodeError`."""

@@ -5,13 +5,13 @@ CBOR map ``{0: version, 1: recipient address, 2: recipient prekey id, 3: HPKE ci
 The HPKE ``info`` is ``labelled("envelope", version || recipient || prekey id)``, so the outer
 header cannot be changed without the open failing.
 
-Inside, after removing the padding (:func:`~sealwire.protocol.suite.pad`), is
-:class:`SealedContent`: the encoded :class:`EnvelopeContent` (payload type, a random 16-byte
-message id, the send time in Unix milliseconds, the sender's encoded certificate chain, the
-body) and the sender's Ed25519 signature (label ``envelope-signature``) over the recipient
-address, the prekey id and those content bytes (:func:`signed_bytes`). The sender is hidden
-from the relay (sealed sender) and a signature cannot be re-sealed to another recipient or
-prekey.
+Inside, after removing the padding (:func:`~sealwire.protocol.suite.pad`), are the sender's
+64-byte Ed25519 signature followed by the encoded :class:`EnvelopeContent` (payload type, a
+random 16-byte message id, the send time in Unix milliseconds, the sender's encoded
+certificate chain, the body). The signature (label ``envelope-signature``) covers the
+recipient address, the prekey id and exactly those content bytes (:func:`signed_bytes`).
+The sender is hidden from the relay (sealed sender) and a signature cannot be re-sealed to
+another recipient or prekey.
 
 Opening checks, in this order, and fails with the single opaque
 :class:`~sealwire.errors.InvalidEnvelope` whatever failed: size and outer decoding, the
@@ -62,7 +62,6 @@ __all__ = [
     "OpenedEnvelope",
     "PayloadType",
     "ReplayGuard",
-    "SealedContent",
     "open_envelope",
     "peek_recipient",
     "seal",
@@ -114,11 +113,15 @@ class Envelope(Struct):
     prekey_id: int = wire(2, min_value=0, max_value=(1 << 32) - 1)
     """Which of the recipient's prekeys the ciphertext is sealed to."""
     ciphertext: bytes = wire(3, max_size=_MAX_SEALED_SIZE)
-    """HPKE ``enc || ciphertext`` of the padded :class:`SealedContent`."""
+    """HPKE ``enc || ciphertext`` of ``pad(signature || encoded EnvelopeContent)``."""
 
     def header(self) -> bytes:
         """The bytes bound into the HPKE ``info``: version, recipient, prekey id."""
-        return struct.pack(">B32sI", self.version, self.recipient, self.prekey_id)
+        return _header(self.version, self.recipient, self.prekey_id)
+
+
+def _header(version: int, recipient: bytes, prekey_id: int) -> bytes:
+    return struct.pack(">B32sI", version, recipient, prekey_id)
 
 
 @dataclass(frozen=True)
@@ -133,20 +136,6 @@ class EnvelopeContent(Struct):
     sender_chain: tuple[bytes, ...] = wire(3, max_items=MAX_CHAIN, max_size=_MAX_CHAIN_BYTES)
     """The sender's encoded certificate chain, leaf first."""
     body: bytes = wire(4, max_size=MAX_BODY_SIZE)
-
-
-@dataclass(frozen=True)
-class SealedContent(Struct):
-    """The inside of an envelope, before padding and HPKE.
-
-    ``content`` stays in its encoded form so that the signature covers exactly the bytes that
-    travel, and neither side encodes the body twice.
-    """
-
-    content: bytes = wire(0, max_size=_MAX_SEALED_SIZE)
-    """Deterministic CBOR of :class:`EnvelopeContent`."""
-    signature: bytes = wire(1, size=ED25519_SIGNATURE_SIZE)
-    """Ed25519 by the sender's identity key over :func:`signed_bytes` (``envelope-signature``)."""
 
 
 def signed_bytes(recipient: bytes, prekey_id: int, content: bytes) -> bytes:
@@ -211,11 +200,8 @@ def seal(
         body=body,
     ).encode()
     signature = sender.sign("envelope-signature", signed_bytes(recipient, prekey_id, content))
-    inner = SealedContent(content=content, signature=signature)
-    outer = Envelope(
-        version=ENVELOPE_VERSION, recipient=recipient, prekey_id=prekey_id, ciphertext=b""
-    )
-    ciphertext = hpke_seal(prekey, pad(inner.encode()), purpose="envelope", context=outer.header())
+    header = _header(ENVELOPE_VERSION, recipient, prekey_id)
+    ciphertext = hpke_seal(prekey, pad(signature + content), purpose="envelope", context=header)
     return Envelope(
         version=ENVELOPE_VERSION, recipient=recipient, prekey_id=prekey_id, ciphertext=ciphertext
     ).encode()
@@ -266,14 +252,15 @@ def open_envelope(
         if private is None:
             raise InvalidEnvelope
         padded = hpke_open(private, outer.ciphertext, purpose="envelope", context=outer.header())
-        sealed = SealedContent.decode(unpad(padded), max_size=len(padded))
-        inner = EnvelopeContent.decode(sealed.content, max_size=len(sealed.content))
+        plaintext = unpad(padded)
+        signature, content = plaintext[:ED25519_SIGNATURE_SIZE], plaintext[ED25519_SIGNATURE_SIZE:]
+        inner = EnvelopeContent.decode(content, max_size=len(content))
         leaf = verifier.verify(inner.sender_chain, now=inner.sent_at // 1000)
         verify_signature(
             leaf.body.identity_key,
             "envelope-signature",
-            signed_bytes(outer.recipient, outer.prekey_id, sealed.content),
-            sealed.signature,
+            signed_bytes(outer.recipient, outer.prekey_id, content),
+            signature,
         )
         if not now_ms - lifetime_ms <= inner.sent_at <= now_ms + MAX_CLOCK_SKEW_MS:
             raise InvalidEnvelope

@@ -27,6 +27,7 @@ reproduced from fixed inputs (pinned vectors therefore pin the *opening* of fixe
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 from collections.abc import Callable
@@ -95,6 +96,7 @@ _PURPOSE = re.compile(r"[a-z0-9][a-z0-9/-]{0,62}")
 _HPKE = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
+@functools.lru_cache(maxsize=256)
 def label(purpose: str) -> bytes:
     """Return the domain-separation label ``sealwire/v1/<purpose>``."""
     if not _PURPOSE.fullmatch(purpose):
@@ -170,11 +172,15 @@ def verify_signature(public_key: bytes, purpose: str, message: bytes, signature:
     if len(public_key) != ED25519_PUBLIC_KEY_SIZE or len(signature) != ED25519_SIGNATURE_SIZE:
         raise InvalidSignature("signature or key has the wrong length")
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(public_key).verify(
-            signature, labelled(purpose, message)
-        )
+        _ed25519_public_key(public_key).verify(signature, labelled(purpose, message))
     except (_PycaInvalidSignature, ValueError) as exc:
         raise InvalidSignature("signature does not verify") from exc
+
+
+@functools.lru_cache(maxsize=4096)
+def _ed25519_public_key(raw: bytes) -> ed25519.Ed25519PublicKey:
+    # Decoding a point costs as much as a fifth of a verification; peers' keys repeat.
+    return ed25519.Ed25519PublicKey.from_public_bytes(raw)
 
 
 # --- X-Wing HPKE -----------------------------------------------------------------------------
