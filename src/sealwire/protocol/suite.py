@@ -86,8 +86,9 @@ XWING_ENC_SIZE = 1088 + 32
 AEAD_KEY_SIZE = 32
 AEAD_NONCE_SIZE = 12
 AEAD_TAG_SIZE = 16
-MIN_PADDED_SIZE = 256
-"""Smallest padded plaintext: short texts, receipts and acks all look alike."""
+MIN_PADDED_SIZE = 1024
+"""Smallest padded plaintext: with the sender chain (about 400 bytes) inside, short texts,
+receipts and acks all come out the same size."""
 
 RandomSource = Callable[[int], bytes]
 """Where the core gets random bytes: ``os.urandom`` in services, a fixed stream in tests."""
