@@ -1,0 +1,5 @@
+"""``python -m sealwire`` runs the command line."""
+
+from sealwire.cli.main import run
+
+run()
