@@ -15,9 +15,9 @@ from typing import Any
 
 from sealwire.protocol.envelope import Envelope
 from sealwire.protocol.frames import ErrorCode
-from sealwire.protocol.identity import ChainVerifier, Role, address_of, issue_certificate
+from sealwire.protocol.identity import ChainVerifier, address_of
 from sealwire.protocol.session import ClientSession, RelayConfig, RelaySession
-from sealwire.protocol.suite import SigningKey
+from tests.vectors.make_protocol_vectors import fixed_organisation
 
 OUT = pathlib.Path(__file__).with_name("frames.json")
 NOW = 1_800_000_000
@@ -56,28 +56,10 @@ class _Recorder:
 
 
 def build() -> dict[str, Any]:
-    root = SigningKey.from_seed(bytes(range(32)))
-    server = SigningKey.from_seed(bytes(range(32, 64)))
-    device = SigningKey.from_seed(bytes(range(64, 96)))
+    fixed = fixed_organisation()
+    root, server, device = fixed.root, fixed.server, fixed.device
+    server_cert, device_cert = fixed.server_cert, fixed.device_cert
     org = address_of(root.public_key)
-    server_cert = issue_certificate(
-        root,
-        organisation=org,
-        role=Role.SERVER,
-        identity_key=server.public_key,
-        serial=1,
-        not_before=NOW,
-        not_after=NOW + 365 * 86400,
-    )
-    device_cert = issue_certificate(
-        server,
-        organisation=org,
-        role=Role.DEVICE,
-        identity_key=device.public_key,
-        serial=2,
-        not_before=NOW,
-        not_after=NOW + 30 * 86400,
-    )
     verifier = ChainVerifier({org: root.public_key})
     config = RelayConfig(max_pending=8, max_unacked=8)
     recipient = address_of(server.public_key)

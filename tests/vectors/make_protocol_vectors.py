@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import pathlib
+from dataclasses import dataclass
 
 from sealwire.protocol.envelope import PayloadType, seal
 from sealwire.protocol.identity import (
+    Certificate,
     Role,
     address_of,
     issue_certificate,
@@ -36,12 +38,21 @@ def counter_random(start: int):
     return random
 
 
-def build(envelope_hex: str | None = None) -> dict[str, object]:
+@dataclass(frozen=True)
+class FixedOrganisation:
+    """The fixed keys and certificates every pinned vector file uses."""
+
+    root: SigningKey
+    server: SigningKey
+    device: SigningKey
+    server_cert: Certificate
+    device_cert: Certificate
+
+
+def fixed_organisation() -> FixedOrganisation:
     root = SigningKey.from_seed(bytes(range(32)))
     server = SigningKey.from_seed(bytes(range(32, 64)))
     device = SigningKey.from_seed(bytes(range(64, 96)))
-    peer = SigningKey.from_seed(bytes(range(96, 128)))
-    prekey = XWingPrivateKey(bytes(range(128, 160)))
     org = address_of(root.public_key)
     server_cert = issue_certificate(
         root,
@@ -61,6 +72,16 @@ def build(envelope_hex: str | None = None) -> dict[str, object]:
         not_before=NOW,
         not_after=NOW + 30 * 86400,
     )
+    return FixedOrganisation(root, server, device, server_cert, device_cert)
+
+
+def build(envelope_hex: str | None = None) -> dict[str, object]:
+    fixed = fixed_organisation()
+    root, device = fixed.root, fixed.device
+    server_cert, device_cert = fixed.server_cert, fixed.device_cert
+    org = address_of(root.public_key)
+    peer = SigningKey.from_seed(bytes(range(96, 128)))
+    prekey = XWingPrivateKey(bytes(range(128, 160)))
     signed_prekey = sign_prekey(
         peer, prekey_id=7, public_key=prekey.public_key, not_after=NOW + 7 * 86400
     )

@@ -306,6 +306,36 @@ class _Machine(Generic[S]):
         self._set_state(self._CLOSED, "terminate")
         return SessionTerminated(code=code.value, reason=reason, by_peer=False)
 
+    def receive_frame(self, data: bytes, now: int) -> list[Event]:
+        """Process one WebSocket message from the peer, received at ``now`` (Unix ms).
+
+        Returns:
+            The events it causes, in order. Never raises for anything the peer sent: a
+            violation queues an error frame, closes, and ends the list with
+            :class:`SessionTerminated`. Frames after the close are ignored.
+        """
+        if self.closed:
+            return []
+        self._heard(now)
+        try:
+            frame = self._decode(data)
+            what = _input_of(frame)
+            nxt = self._next_state(what)
+            events = self._handle(frame, now)
+            if not self.closed:
+                self._set_state(nxt, what)
+            return events
+        except _Violation as v:
+            return [self._terminate(v.code, v.reason)]
+
+    def _heard(self, now: int) -> None:
+        """The peer was heard from at ``now`` (liveness bookkeeping)."""
+        raise NotImplementedError
+
+    def _handle(self, frame: Frame, now: int) -> list[Event]:
+        """Act on a frame the table allows; raise :class:`_Violation` to refuse it."""
+        raise NotImplementedError
+
     def _decode(self, data: bytes) -> Frame:
         if len(data) > MAX_FRAME_SIZE:
             raise _Violation(ErrorCode.TOO_LARGE, f"frame of {len(data)} bytes")
@@ -520,26 +550,9 @@ class ClientSession(_Machine[ClientState]):
         self._pending.add(ref)
         return ref
 
-    def receive_frame(self, data: bytes, now: int) -> list[Event]:
-        """Process one WebSocket message from the relay.
-
-        Returns:
-            The events it causes, in order. Never raises for anything the relay sent.
-        """
-        if self._state is ClientState.CLOSED:
-            return []
+    def _heard(self, now: int) -> None:
         self._last_heard = now
         self._ping_sent_at = None
-        try:
-            frame = self._decode(data)
-            what = _input_of(frame)
-            nxt = self._next_state(what)
-            events = self._handle(frame, now)
-            if not self.closed:
-                self._set_state(nxt, what)
-            return events
-        except _Violation as v:
-            return [self._terminate(v.code, v.reason)]
 
     def _handle(self, frame: Frame, now: int) -> list[Event]:
         match frame:
@@ -725,25 +738,8 @@ class RelaySession(_Machine[RelayState]):
         """How many more envelopes :meth:`deliver` may send before the client acks."""
         return max(0, self._config.max_unacked - len(self._unacked))
 
-    def receive_frame(self, data: bytes, now: int) -> list[Event]:
-        """Process one WebSocket message from the client.
-
-        Returns:
-            The events it causes, in order. Never raises for anything the client sent.
-        """
-        if self._state is RelayState.CLOSED:
-            return []
+    def _heard(self, now: int) -> None:
         self._last_heard = now
-        try:
-            frame = self._decode(data)
-            what = _input_of(frame)
-            nxt = self._next_state(what)
-            events = self._handle(frame, now)
-            if not self.closed:
-                self._set_state(nxt, what)
-            return events
-        except _Violation as v:
-            return [self._terminate(v.code, v.reason)]
 
     def _handle(self, frame: Frame, now: int) -> list[Event]:
         match frame:
