@@ -28,6 +28,10 @@ The fields used by our tests (names as in the files):
   interim_transcript_hash_before, confirmed_transcript_hash_after,
   interim_transcript_hash_after}``; ``authenticated_content`` is a serialized commit
   ``AuthenticatedContent``.
+
+The later families (``deserialization``, ``messages``, ``tree-validation``, ``tree-operations``,
+``message-protection``, ``treekem``, ``welcome``, ``passive-client-*``) are described in the
+docstring of the test module that reads them (see ``tests/vectors/mls/README.md``).
 """
 
 from __future__ import annotations
