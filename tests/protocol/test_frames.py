@@ -11,12 +11,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sealwire.errors import DecodeError
+from sealwire.errors import ConfigError, DecodeError
+from sealwire.protocol.envelope import MAX_ENVELOPE_SIZE
 from sealwire.protocol.frames import (
     ERROR_CODES,
     FRAMES,
     MAX_ACK_IDS,
+    MAX_ACTIVATION_PAYLOAD,
+    MAX_DELIVERY_ID_SIZE,
     MAX_FRAME_SIZE,
+    MAX_REASON_SIZE,
+    MAX_REVOKE_ADDRESSES,
+    REQUEST_ERROR_CODES,
     Accepted,
     Ack,
     Activation,
@@ -34,9 +40,12 @@ from sealwire.protocol.frames import (
     Revoke,
     Send,
     auth_message,
+    canonical_origin,
     decode_frame,
     encode_frame,
+    relay_id_for,
 )
+from sealwire.protocol.suite import sha256
 from tests.vectors.make_frame_vectors import build
 
 VECTORS = json.loads((pathlib.Path(__file__).parents[1] / "vectors" / "frames.json").read_text())
@@ -171,6 +180,20 @@ def test_vectors_are_reproduced_exactly() -> None:
     assert build() == VECTORS
 
 
+def test_vector_relay_id_is_derived_from_its_origin() -> None:
+    assert VECTORS["relay_origin"] == "wss://relay.example:443"
+    assert bytes.fromhex(VECTORS["relay_id"]) == relay_id_for(VECTORS["relay_origin"])
+    challenges = [
+        decode_frame(bytes.fromhex(f["hex"]))
+        for s in VECTORS["sessions"]
+        for f in s["frames"]
+        if f["direction"] == "relay-to-client"
+    ]
+    assert {c.relay_id for c in challenges if isinstance(c, Challenge)} == {
+        relay_id_for("wss://relay.example")
+    }
+
+
 def test_vectors_cover_every_frame_kind() -> None:
     codes = {
         cbor2.loads(bytes.fromhex(f["hex"]))[0] for s in VECTORS["sessions"] for f in s["frames"]
@@ -193,3 +216,88 @@ def test_every_vector_is_in_the_documentation() -> None:
 
 def test_error_code_enum_matches_set() -> None:
     assert {c.value for c in ErrorCode} == ERROR_CODES
+
+
+# --- relay ids --------------------------------------------------------------------------------
+
+
+def test_relay_id_is_sha256_of_the_labelled_canonical_origin() -> None:
+    expected = sha256(b"sealwire/v1/relay-id\x00wss://relay.example:443")
+    for spelling in (
+        "wss://relay.example",
+        "wss://relay.example:443",
+        "WSS://Relay.Example:443/",
+        "relay.example",
+        "relay.example:443",
+    ):
+        assert canonical_origin(spelling) == "wss://relay.example:443"
+        assert relay_id_for(spelling) == expected
+    assert relay_id_for("wss://[0:0::1]") == relay_id_for("wss://[::1]:443")
+    ids = {
+        relay_id_for(o)
+        for o in (
+            "wss://relay.example",
+            "wss://relay.example:8443",
+            "ws://relay.example:443",
+            "wss://relay2.example",
+            "wss://relay.example.org",
+        )
+    }
+    assert len(ids) == 5
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "",
+        "https://relay.example",
+        "wss://relay.example/path",
+        "wss://relay.example?x=1",
+        "wss://user@relay.example",
+        "wss://relay.example:0",
+        "wss://relay.example:65536",
+        "wss://-relay.example",
+        "wss://relay..example",
+        "wss://rélay.example",
+        "wss://[::g]",
+        "wss://" + "a" * 64 + ".example",
+    ],
+)
+def test_invalid_relay_origins_are_refused(origin: str) -> None:
+    with pytest.raises(ConfigError, match="relay origin"):
+        relay_id_for(origin)
+
+
+def test_request_error_codes_are_the_per_request_ones() -> None:
+    assert {c.value for c in REQUEST_ERROR_CODES} == {
+        "rate-limited",
+        "queue-full",
+        "unknown-server",
+        "unavailable",
+    }
+
+
+# --- bounds: the limit is accepted, one more is not ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "limit"),
+    [
+        (lambda n: Send(ref=0, envelope=bytes(n)), MAX_ENVELOPE_SIZE),
+        (lambda n: Deliver(delivery_id=bytes(n), envelope=b""), MAX_DELIVERY_ID_SIZE),
+        (lambda n: Deliver(delivery_id=b"\x01", envelope=bytes(n)), MAX_ENVELOPE_SIZE),
+        (lambda n: Ack(delivery_ids=(b"\x01",) * n), MAX_ACK_IDS),
+        (lambda n: Revoke(ref=0, addresses=(bytes(32),) * n), MAX_REVOKE_ADDRESSES),
+        (lambda n: Activation(session=bytes(16), payload=bytes(n)), MAX_ACTIVATION_PAYLOAD),
+        (lambda n: Error(code="x" * n), 32),
+        (lambda n: Error(code="x", reason="é" * n), MAX_REASON_SIZE),
+    ],
+    ids=["send", "delivery-id", "deliver", "ack", "revoke", "activation", "code", "reason"],
+)
+def test_size_limits_are_exact(make: object, limit: int) -> None:
+    build_frame = make  # a callable: size -> frame
+    at_limit = encode_frame(build_frame(limit))  # type: ignore[operator]
+    assert len(at_limit) <= MAX_FRAME_SIZE
+    assert decode_frame(at_limit) == build_frame(limit)  # type: ignore[operator]
+    with pytest.raises(DecodeError):
+        decode_frame(encode_frame(build_frame(limit + 1)))  # type: ignore[operator]

@@ -10,12 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sealwire.errors import LocalProtocolError
-from sealwire.protocol.envelope import Envelope
+from sealwire.protocol.envelope import MAX_ENVELOPE_SIZE, Envelope
 from sealwire.protocol.frames import (
+    MAX_FRAME_SIZE,
+    MAX_REVOKE_ADDRESSES,
+    Accepted,
     Ack,
     Activation,
     Auth,
     Challenge,
+    Deliver,
     Error,
     ErrorCode,
     Hello,
@@ -27,9 +31,11 @@ from sealwire.protocol.frames import (
     auth_message,
     decode_frame,
     encode_frame,
+    relay_id_for,
 )
 from sealwire.protocol.identity import ChainVerifier, Role, address_of, issue_certificate
 from sealwire.protocol.session import (
+    CONNECTION_LOST,
     ActivationReceived,
     ActivationSubmitted,
     ClientConfig,
@@ -52,8 +58,11 @@ from sealwire.protocol.session import (
 )
 from tests.protocol.keys import DAY, NOW, NOW_MS, Org, key, make_org
 
-RELAY_ID = bytes([0x52]) * 32
+RELAY_ORIGIN = "wss://relay.test"
+RELAY_ID = relay_id_for(RELAY_ORIGIN)
 NONCE = bytes([0x4E]) * 32
+CONFIG = ClientConfig(relay_id=RELAY_ID)
+"""Clients in these tests dialled RELAY_ORIGIN."""
 
 
 def envelope_for(recipient: bytes) -> bytes:
@@ -68,6 +77,8 @@ class Pair:
     relay: RelaySession
     client_events: list[Event] = field(default_factory=list)
     relay_events: list[Event] = field(default_factory=list)
+    client_frames: list[bytes] = field(default_factory=list)
+    """Every frame the client sent, in order."""
     on_relay_event: Callable[[Event], None] | None = None
 
     def pump(self, now: int = NOW_MS) -> None:
@@ -76,6 +87,7 @@ class Pair:
             up, down = self.client.frames_to_send(), self.relay.frames_to_send()
             if not up and not down:
                 return
+            self.client_frames.extend(up)
             for data in up:
                 for ev in self.relay.receive_frame(data, now):
                     self.relay_events.append(ev)
@@ -95,7 +107,7 @@ def relay_for(org: Org, *, config: RelayConfig | None = None) -> RelaySession:
 
 def open_device(org: Org, n: int = 10, *, config: RelayConfig | None = None) -> Pair:
     dev = org.device(n)
-    pair = Pair(ClientSession(dev.key, dev.chain), relay_for(org, config=config))
+    pair = Pair(ClientSession(dev.key, dev.chain, config=CONFIG), relay_for(org, config=config))
     pair.client.connect(NOW_MS)
     pair.pump()
     verified = pair.relay_events[-1]
@@ -107,10 +119,13 @@ def open_device(org: Org, n: int = 10, *, config: RelayConfig | None = None) -> 
     return pair
 
 
-def open_server(org: Org) -> Pair:
+def open_server(org: Org, *, config: RelayConfig | None = None) -> Pair:
     pair = Pair(
-        ClientSession(org.server, [org.server_cert.encode()], root=org.root.public_key),
-        relay_for(make_org(root_seed=50, server_seed=51)),  # the relay does not know org yet
+        ClientSession(
+            org.server, [org.server_cert.encode()], root=org.root.public_key, config=CONFIG
+        ),
+        # the relay does not know org yet
+        relay_for(make_org(root_seed=50, server_seed=51), config=config),
     )
     pair.client.connect(NOW_MS)
     pair.pump()
@@ -167,7 +182,7 @@ def test_server_registers_revokes_and_hears_of_expiry() -> None:
     org = make_org()
     pair = open_server(org)
     victim = org.device(10).address
-    ref = pair.client.revoke([victim])
+    [ref] = pair.client.revoke([victim])
     pair.pump()
     assert pair.relay_events[-1] == RevocationRequested(
         ref=ref, organisation=org.id, addresses=(victim,)
@@ -183,7 +198,7 @@ def test_server_registers_revokes_and_hears_of_expiry() -> None:
 
 def test_activation_is_routed_both_ways() -> None:
     org = make_org()
-    device = Pair(ClientSession(), relay_for(org))
+    device = Pair(ClientSession(config=CONFIG), relay_for(org))
     device.client.connect_for_activation(NOW_MS)
     device.pump()
     assert device.client_events == [SessionReady(address=None, relay_time=NOW_MS)]
@@ -231,7 +246,7 @@ def handshake_events(client: ClientSession, relay: RelaySession) -> Pair:
 def test_device_of_unknown_organisation_is_refused() -> None:
     other = make_org(root_seed=60, server_seed=61)
     dev = other.device(10)
-    pair = handshake_events(ClientSession(dev.key, dev.chain), relay_for(make_org()))
+    pair = handshake_events(ClientSession(dev.key, dev.chain, config=CONFIG), relay_for(make_org()))
     assert terminated(pair.relay_events).code == "auth-failed"
     assert terminated(pair.client_events).code == "auth-failed"
     assert pair.relay.peer is None
@@ -240,14 +255,14 @@ def test_device_of_unknown_organisation_is_refused() -> None:
 def test_expired_device_certificate_is_refused() -> None:
     org = make_org()
     dev = org.device(10, not_after=NOW - 1)
-    pair = handshake_events(ClientSession(dev.key, dev.chain), relay_for(org))
+    pair = handshake_events(ClientSession(dev.key, dev.chain, config=CONFIG), relay_for(org))
     assert terminated(pair.relay_events).code == "auth-failed"
 
 
 def test_someone_elses_certificate_without_the_key_is_refused() -> None:
     org = make_org()
     dev = org.device(10)
-    pair = handshake_events(ClientSession(key(99), dev.chain), relay_for(org))
+    pair = handshake_events(ClientSession(key(99), dev.chain, config=CONFIG), relay_for(org))
     assert terminated(pair.relay_events) == SessionTerminated(
         code="auth-failed", reason="proof of possession failed", by_peer=False
     )
@@ -256,7 +271,9 @@ def test_someone_elses_certificate_without_the_key_is_refused() -> None:
 def test_server_certificate_must_match_the_root_it_registers() -> None:
     org = make_org()
     intruder = make_org(root_seed=70, server_seed=71)
-    client = ClientSession(org.server, [org.server_cert.encode()], root=intruder.root.public_key)
+    client = ClientSession(
+        org.server, [org.server_cert.encode()], root=intruder.root.public_key, config=CONFIG
+    )
     pair = handshake_events(client, relay_for(org))
     assert terminated(pair.relay_events).code == "auth-failed"
 
@@ -264,7 +281,7 @@ def test_server_certificate_must_match_the_root_it_registers() -> None:
 def test_device_cannot_pose_as_server_with_its_own_root() -> None:
     org = make_org()
     dev = org.device(10)
-    client = ClientSession(dev.key, dev.chain, root=org.root.public_key)
+    client = ClientSession(dev.key, dev.chain, root=org.root.public_key, config=CONFIG)
     pair = handshake_events(client, relay_for(org))
     assert terminated(pair.relay_events).code == "auth-failed"
 
@@ -294,19 +311,58 @@ def test_auth_for_another_relay_is_refused() -> None:
     assert terminated(events).code == "auth-failed"
 
 
-def test_client_refuses_an_unexpected_relay() -> None:
+def test_client_pinned_to_relay_a_refuses_relay_bs_challenge() -> None:
     org = make_org()
     dev = org.device(10)
-    client = ClientSession(dev.key, dev.chain, expected_relay=bytes(32))
-    pair = handshake_events(client, relay_for(org))
-    assert terminated(pair.client_events).code == "auth-failed"
-    assert pair.relay_events and terminated(pair.relay_events).by_peer
+    client = ClientSession(
+        dev.key, dev.chain, config=ClientConfig(relay_id=relay_id_for("wss://relay-a.example"))
+    )
+    relay_b = RelaySession(
+        relay_id=relay_id_for("wss://relay-b.example"),
+        nonce=NONCE,
+        verifier=ChainVerifier({org.id: org.root.public_key}),
+        now=NOW_MS,
+    )
+    pair = handshake_events(client, relay_b)
+    assert terminated(pair.client_events) == SessionTerminated(
+        code="auth-failed", reason="not the relay we dialled", by_peer=False
+    )
+    assert terminated(pair.relay_events).by_peer
+    assert not any(isinstance(e, ClientVerified) for e in pair.relay_events)
+
+
+def test_forwarded_challenge_of_another_relay_gets_no_signature() -> None:
+    # Relay B (which the client dialled) passes on relay A's challenge to log in as the client
+    # at A. The client signs nothing: its Hello, then its refusal, are all it sends.
+    dev = make_org().device(10)
+    client = ClientSession(
+        dev.key, dev.chain, config=ClientConfig(relay_id=relay_id_for("wss://relay-b.example"))
+    )
+    client.connect(NOW_MS)
+    forwarded = Challenge(relay_id=relay_id_for("wss://relay-a.example"), nonce=NONCE)
+    events = client.receive_frame(encode_frame(forwarded), NOW_MS)
+    assert terminated(events).code == "auth-failed"
+    sent = [decode_frame(f) for f in client.frames_to_send()]
+    assert [type(f) for f in sent] == [Hello, Error]
+
+
+def test_a_client_cannot_be_built_without_a_relay_pin() -> None:
+    dev = make_org().device(10)
+    with pytest.raises(TypeError):
+        ClientSession(dev.key, dev.chain)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        ClientSession(dev.key, dev.chain, config=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ClientConfig()  # type: ignore[call-arg]
+    for bad in (None, b"", bytes(31), bytes(33), "d3" * 32):
+        with pytest.raises(ValueError, match="relay_id"):
+            ClientConfig(relay_id=bad)  # type: ignore[arg-type]
 
 
 def test_relay_refusal_reaches_the_client() -> None:
     org = make_org()
     dev = org.device(10)
-    pair = handshake_events(ClientSession(dev.key, dev.chain), relay_for(org))
+    pair = handshake_events(ClientSession(dev.key, dev.chain, config=CONFIG), relay_for(org))
     pair.relay.refuse(ErrorCode.REVOKED, "address revoked")
     pair.pump()
     assert terminated(pair.client_events) == SessionTerminated(
@@ -317,7 +373,7 @@ def test_relay_refusal_reaches_the_client() -> None:
 def test_relay_confirming_another_address_is_refused() -> None:
     org = make_org()
     dev = org.device(10)
-    client = ClientSession(dev.key, dev.chain)
+    client = ClientSession(dev.key, dev.chain, config=CONFIG)
     client.connect(NOW_MS)
     client.receive_frame(encode_frame(Challenge(relay_id=RELAY_ID, nonce=NONCE)), NOW_MS)
     events = client.receive_frame(encode_frame(Ready(address=bytes(32))), NOW_MS)
@@ -406,12 +462,23 @@ def test_request_flood_and_duplicate_refs_close() -> None:
     assert terminated(dup).code == "unexpected"
 
 
-def test_answer_to_unknown_request_is_unexpected() -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [Accepted(ref=5), Error(code="queue-full", ref=5), Accepted(ref=0)],
+    ids=["accepted", "rejected", "answered-twice"],
+)
+def test_answer_to_unknown_request_is_unexpected(answer: Accepted | Error) -> None:
+    # A misbehaving relay answers a ref the client never used (or one already answered).
     pair = open_device(make_org())
-    pair.relay._pending.add(5)  # a misbehaving relay answers a ref the client never used
-    pair.relay.accept(5)
+    ref = pair.client.send_envelope(envelope_for(bytes(32)))
     pair.pump()
-    assert terminated(pair.client_events).code == "unexpected"
+    pair.relay.accept(ref)
+    pair.pump()
+    assert pair.client_events[-1] == RequestAccepted(ref=0)
+    events = pair.client.receive_frame(encode_frame(answer), NOW_MS)
+    assert terminated(events) == SessionTerminated(
+        code="unexpected", reason="answer to a request we did not make", by_peer=False
+    )
 
 
 def test_delivery_window_bounds_a_slow_reader() -> None:
@@ -435,11 +502,11 @@ def test_delivery_window_bounds_a_slow_reader() -> None:
 
 def test_local_misuse_raises() -> None:
     org = make_org()
-    client = ClientSession(org.device(10).key, org.device(10).chain)
+    client = ClientSession(org.device(10).key, org.device(10).chain, config=CONFIG)
     with pytest.raises(LocalProtocolError, match=r"send_envelope.*IDLE"):
         client.send_envelope(b"x")
     with pytest.raises(LocalProtocolError):
-        ClientSession().connect(NOW_MS)
+        ClientSession(config=CONFIG).connect(NOW_MS)
     relay = relay_for(org)
     with pytest.raises(LocalProtocolError, match="admit"):
         relay.admit(NOW_MS)
@@ -479,7 +546,7 @@ def test_relay_closes_an_idle_session() -> None:
 def test_relay_closes_when_the_certificate_expires() -> None:
     org = make_org()
     dev = org.device(10, not_after=NOW + 60)
-    pair = Pair(ClientSession(dev.key, dev.chain), relay_for(org))
+    pair = Pair(ClientSession(dev.key, dev.chain, config=CONFIG), relay_for(org))
     pair.client.connect(NOW_MS)
     pair.pump()
     pair.relay.admit(NOW_MS)
@@ -493,7 +560,7 @@ def test_relay_closes_when_the_certificate_expires() -> None:
 def test_client_pings_and_gives_up_on_a_silent_relay() -> None:
     org = make_org()
     dev = org.device(10)
-    config = ClientConfig(ping_interval_ms=1000, ping_timeout_ms=500)
+    config = ClientConfig(relay_id=RELAY_ID, ping_interval_ms=1000, ping_timeout_ms=500)
     pair = Pair(ClientSession(dev.key, dev.chain, config=config), relay_for(org))
     pair.client.connect(NOW_MS)
     pair.pump()
@@ -502,15 +569,18 @@ def test_client_pings_and_gives_up_on_a_silent_relay() -> None:
     assert pair.client.get_timer() == NOW_MS + 1000
     pair.client.handle_timer(NOW_MS + 1000)
     pair.pump(NOW_MS + 1001)  # the relay answers: the Pong resets the clock
-    assert pair.client.get_timer() == NOW_MS + 2001
-    pair.client.handle_timer(NOW_MS + 2001)
+    # heard at 1001, but last sent at 1000: the next Ping is due an interval after the Ping
+    assert pair.client.get_timer() == NOW_MS + 2000
+    assert pair.client.handle_timer(NOW_MS + 1999) == []
+    assert pair.client.frames_to_send() == []
+    pair.client.handle_timer(NOW_MS + 2000)
     assert [type(decode_frame(f)) for f in pair.client.frames_to_send()] == [Ping]
-    assert pair.client.get_timer() == NOW_MS + 2501
-    assert terminated(pair.client.handle_timer(NOW_MS + 2501)).code == "timeout"
+    assert pair.client.get_timer() == NOW_MS + 2500
+    assert terminated(pair.client.handle_timer(NOW_MS + 2500)).code == "timeout"
 
 
 def test_client_gives_up_a_stalled_handshake() -> None:
-    client = ClientSession()
+    client = ClientSession(config=CONFIG)
     client.connect_for_activation(NOW_MS)
     assert client.get_timer() == NOW_MS + 15_000
     assert terminated(client.handle_timer(NOW_MS + 15_000)).code == "timeout"
@@ -559,7 +629,7 @@ def test_relay_never_raises_on_any_input(frames: list[bytes]) -> None:
 
 @given(st.lists(st.one_of(st.binary(max_size=64), st.sampled_from(_VALID)), max_size=12))
 def test_client_never_raises_on_any_input(frames: list[bytes]) -> None:
-    client = ClientSession(_DEV.key, _DEV.chain)
+    client = ClientSession(_DEV.key, _DEV.chain, config=CONFIG)
     client.connect(NOW_MS)
     for data in frames:
         for event in client.receive_frame(data, NOW_MS):
@@ -582,6 +652,412 @@ def test_every_certificate_day_boundary_is_checked_with_the_session_clock() -> N
         not_after=NOW + 2 * DAY,
     )
     pair = handshake_events(
-        ClientSession(k, [cert.encode(), org.server_cert.encode()]), relay_for(org)
+        ClientSession(k, [cert.encode(), org.server_cert.encode()], config=CONFIG), relay_for(org)
     )
     assert terminated(pair.relay_events).code == "auth-failed"
+
+
+# --- revocation is scoped to the revoking server's organisation ----------------------------
+
+
+def test_revocation_event_carries_the_revoking_servers_organisation() -> None:
+    # A server of another organisation names our device: the event says whose server asked
+    # (from its verified certificate), so the relay service applies it to that organisation's
+    # addresses only, and so not to ours.
+    ours, theirs = make_org(), make_org(root_seed=80, server_seed=81)
+    pair = open_server(theirs)
+    assert pair.relay.peer is not None and pair.relay.peer.organisation == theirs.id
+    [ref] = pair.client.revoke([ours.device(10).address])
+    pair.pump()
+    event = pair.relay_events[-1]
+    assert isinstance(event, RevocationRequested)
+    assert event.organisation == theirs.id != ours.id
+    assert event == RevocationRequested(
+        ref=ref, organisation=theirs.id, addresses=(ours.device(10).address,)
+    )
+
+
+def test_empty_revoke_is_malformed_and_cannot_be_sent() -> None:
+    pair = open_server(make_org())
+    with pytest.raises(LocalProtocolError, match="at least one address"):
+        pair.client.revoke([])
+    assert pair.client.frames_to_send() == [] and pair.client.send_window == 256
+    events = pair.relay.receive_frame(encode_frame(Revoke(ref=0, addresses=())), NOW_MS)
+    assert terminated(events) == SessionTerminated(
+        code="malformed", reason="Revoke names no address", by_peer=False
+    )
+
+
+def test_a_long_revocation_is_split_into_several_requests() -> None:
+    org = make_org()
+    pair = open_server(org)
+    addresses = [
+        bytes([i % 256, i // 256]) + bytes(30) for i in range(2 * MAX_REVOKE_ADDRESSES + 7)
+    ]
+    refs = pair.client.revoke(addresses + addresses[:5])  # duplicates are dropped
+    assert refs == [0, 1, 2]
+    assert pair.client.send_window == 256 - 3
+    pair.pump()
+    requested = [e for e in pair.relay_events if isinstance(e, RevocationRequested)]
+    assert [len(e.addresses) for e in requested] == [256, 256, 7]
+    assert [a for e in requested for a in e.addresses] == addresses
+    assert {e.organisation for e in requested} == {org.id}
+
+
+def test_a_revocation_needing_more_frames_than_the_window_sends_nothing() -> None:
+    org = make_org()
+    pair = open_server(org)
+    for _ in range(255):
+        pair.client.send_envelope(envelope_for(bytes(32)))
+    pair.client.frames_to_send()
+    assert pair.client.send_window == 1
+    with pytest.raises(LocalProtocolError, match="window"):
+        pair.client.revoke([i.to_bytes(32, "big") for i in range(MAX_REVOKE_ADDRESSES + 1)])
+    assert pair.client.frames_to_send() == [] and pair.client.send_window == 1
+    assert pair.client.revoke([bytes(32)]) == [255]
+
+
+# --- the certificate chain bounds the session -----------------------------------------------
+
+
+def test_relay_closes_when_any_certificate_of_the_chain_expires() -> None:
+    root, server = key(1), key(2)
+    org = make_org()
+    short_server_cert = issue_certificate(
+        root,
+        organisation=org.id,
+        role=Role.SERVER,
+        identity_key=server.public_key,
+        serial=2,
+        not_before=NOW - DAY,
+        not_after=NOW + 60,
+    )
+    dev = org.device(10)  # valid for 30 days, but issued by a server certificate ending sooner
+    chain = [dev.cert.encode(), short_server_cert.encode()]
+    pair = Pair(ClientSession(dev.key, chain, config=CONFIG), relay_for(org))
+    pair.client.connect(NOW_MS)
+    pair.pump()
+    verified = pair.relay_events[-1]
+    assert isinstance(verified, ClientVerified)
+    assert verified.certificate.body.not_after == NOW + 30 * DAY
+    assert verified.valid_until == NOW + 60
+    assert pair.relay.admit(NOW_MS) == []
+    assert pair.relay.get_timer() == (NOW + 60) * 1000
+    assert pair.relay.handle_timer((NOW + 60) * 1000 - 1) == []
+    assert terminated(pair.relay.handle_timer((NOW + 60) * 1000)) == SessionTerminated(
+        code="auth-failed", reason="certificate expired", by_peer=False
+    )
+
+
+# --- deadlines hold even for a peer that keeps talking ---------------------------------------
+
+
+def test_frames_do_not_extend_the_relays_handshake_deadline() -> None:
+    relay = relay_for(make_org())
+    relay.receive_frame(encode_frame(Hello(version=1, mode=Mode.AUTHENTICATE)), NOW_MS)
+    for t in range(1000, 10_000, 1000):
+        assert relay.receive_frame(encode_frame(Ping(data=t)), NOW_MS + t) == []
+    events = relay.receive_frame(encode_frame(Ping(data=1)), NOW_MS + 10_000)
+    assert terminated(events) == SessionTerminated(
+        code="timeout", reason="handshake took too long", by_peer=False
+    )
+    assert [type(decode_frame(f)) for f in relay.frames_to_send()][-1] is Error
+
+
+def test_a_frame_after_the_idle_deadline_is_not_processed() -> None:
+    pair = open_device(make_org())
+    env = envelope_for(bytes(32))
+    events = pair.relay.receive_frame(encode_frame(Send(ref=0, envelope=env)), NOW_MS + 120_000)
+    assert terminated(events) == SessionTerminated(
+        code="timeout", reason="idle for too long", by_peer=False
+    )
+    assert not any(isinstance(e, EnvelopeSubmitted) for e in events)
+
+
+def test_a_frame_after_the_certificate_expired_is_not_processed() -> None:
+    org = make_org()
+    dev = org.device(10, not_after=NOW + 60)
+    pair = Pair(ClientSession(dev.key, dev.chain, config=CONFIG), relay_for(org))
+    pair.client.connect(NOW_MS)
+    pair.pump()
+    pair.relay.admit(NOW_MS)
+    pair.pump()
+    for t in range(0, 60_000, 30_000):  # a busy client still gets cut off at expiry
+        assert pair.relay.receive_frame(encode_frame(Ping(data=1)), NOW_MS + t) == []
+    events = pair.relay.receive_frame(encode_frame(Ping(data=2)), (NOW + 60) * 1000)
+    assert terminated(events).reason == "certificate expired"
+
+
+def test_admission_after_the_handshake_deadline_ends_the_session() -> None:
+    org = make_org()
+    dev = org.device(10)
+    pair = handshake_events(ClientSession(dev.key, dev.chain, config=CONFIG), relay_for(org))
+    assert isinstance(pair.relay_events[-1], ClientVerified)
+    assert pair.relay.admit(NOW_MS + 10_000) == [
+        SessionTerminated(code="timeout", reason="handshake took too long", by_peer=False)
+    ]
+    assert pair.relay.closed
+    assert [type(decode_frame(f)) for f in pair.relay.frames_to_send()] == [Error]
+
+
+def test_frames_do_not_extend_the_clients_handshake_deadline() -> None:
+    dev = make_org().device(10)
+    client = ClientSession(dev.key, dev.chain, config=CONFIG)
+    client.connect(NOW_MS)
+    assert client.receive_frame(encode_frame(Ping(data=1)), NOW_MS + 14_999) == []
+    events = client.receive_frame(encode_frame(Ping(data=2)), NOW_MS + 15_000)
+    assert terminated(events).reason == "relay did not complete the handshake"
+
+
+def test_a_frame_after_the_ping_timeout_is_not_processed() -> None:
+    config = ClientConfig(relay_id=RELAY_ID, ping_interval_ms=1000, ping_timeout_ms=500)
+    org = make_org()
+    dev = org.device(10)
+    pair = Pair(ClientSession(dev.key, dev.chain, config=config), relay_for(org))
+    pair.client.connect(NOW_MS)
+    pair.pump()
+    pair.relay.admit(NOW_MS)
+    pair.pump()
+    pair.client.handle_timer(NOW_MS + 1000)  # Ping
+    late = pair.client.receive_frame(
+        encode_frame(Deliver(delivery_id=b"d", envelope=b"e")), NOW_MS + 1500
+    )
+    assert terminated(late).reason == "relay stopped answering"
+
+
+# --- keep-alive of a client that only receives -------------------------------------------
+
+
+def test_receive_only_client_is_kept_alive_across_idle_intervals() -> None:
+    # The relay keeps delivering, so the client always hears from it; the client never acks.
+    # It must still send something within every idle interval of the relay.
+    org = make_org()
+    dev = org.device(10)
+    config = ClientConfig(relay_id=RELAY_ID, ping_interval_ms=1000, ping_timeout_ms=500)
+    pair = Pair(
+        ClientSession(dev.key, dev.chain, config=config),
+        relay_for(org, config=RelayConfig(idle_timeout_ms=2500, max_unacked=1000)),
+    )
+    pair.client.connect(NOW_MS)
+    pair.pump()
+    pair.relay.admit(NOW_MS)
+    pair.pump()
+    env = envelope_for(dev.address)
+    for step in range(1, 41):  # ten seconds: four of the relay's idle intervals
+        now = NOW_MS + step * 250
+        if step % 2 == 0:
+            pair.relay.deliver(step.to_bytes(4, "big"), env)
+        assert pair.relay.handle_timer(now) == []
+        assert pair.client.handle_timer(now) == []
+        pair.pump(now)
+        assert not pair.relay.closed and not pair.client.closed
+    pings = [f for f in pair.client_frames if isinstance(decode_frame(f), Ping)]
+    assert 8 <= len(pings) <= 12
+    assert sum(isinstance(e, EnvelopeDelivered) for e in pair.client_events) == 20
+
+
+# --- activation connections are bounded ----------------------------------------------------
+
+
+def activating(config: RelayConfig | None = None) -> Pair:
+    org = make_org()
+    pair = Pair(ClientSession(config=CONFIG), relay_for(org, config=config))
+    pair.client.connect_for_activation(NOW_MS)
+    pair.pump()
+    assert pair.relay.state is RelayState.ACTIVATING
+    return pair
+
+
+SERVER = address_of(key(2).public_key)
+
+
+def test_activation_connection_carries_one_session_and_one_server() -> None:
+    for other in (
+        Activation(session=bytes([9]) * 16, payload=b"x", server=SERVER),
+        Activation(session=bytes(16), payload=b"x", server=bytes(32)),
+    ):
+        pair = activating()
+        pair.client.send_activation(bytes(16), b"start", SERVER)
+        pair.pump()
+        pair.relay.send_activation(bytes(16), b"challenge")
+        pair.pump()
+        events = pair.relay.receive_frame(encode_frame(other), NOW_MS)
+        assert terminated(events) == SessionTerminated(
+            code="unexpected", reason="one activation session per connection", by_peer=False
+        )
+    pair = activating()
+    pair.client.send_activation(bytes(16), b"start", SERVER)
+    pair.pump()
+    pair.relay.send_activation(bytes(16), b"challenge")
+    pair.pump()
+    with pytest.raises(LocalProtocolError, match="one activation run"):
+        pair.client.send_activation(bytes([9]) * 16, b"x", SERVER)
+    with pytest.raises(LocalProtocolError, match="one activation run"):
+        pair.client.send_activation(bytes(16), b"x", bytes(32))
+    pair.client.send_activation(bytes(16), b"confirm", SERVER)
+    pair.pump()
+    assert pair.relay_events[-1] == ActivationSubmitted(
+        session=bytes(16), payload=b"confirm", server=SERVER
+    )
+
+
+def test_activation_messages_wait_for_the_answer() -> None:
+    pair = activating()
+    assert pair.client.send_window == 1
+    pair.client.send_activation(bytes(16), b"start", SERVER)
+    assert pair.client.send_window == 0
+    with pytest.raises(LocalProtocolError, match="wait for the server's answer"):
+        pair.client.send_activation(bytes(16), b"again", SERVER)
+    pair.pump()
+    assert pair.relay.awaiting_activation_answer
+    # exactly one message in flight is accepted; one more closes
+    flood = encode_frame(Activation(session=bytes(16), payload=b"again", server=SERVER))
+    assert terminated(pair.relay.receive_frame(flood, NOW_MS)).code == "too-many"
+    # after an answer the next message is allowed
+    pair = activating()
+    pair.client.send_activation(bytes(16), b"start", SERVER)
+    pair.pump()
+    pair.relay.send_activation(bytes(16), b"challenge")
+    assert not pair.relay.awaiting_activation_answer
+    with pytest.raises(LocalProtocolError, match="awaits no activation answer"):
+        pair.relay.send_activation(bytes(16), b"unasked")
+    pair.pump()
+    assert pair.client.send_window == 1
+    pair.client.send_activation(bytes(16), b"confirm", SERVER)
+    pair.pump()
+    assert not pair.relay.closed
+    with pytest.raises(LocalProtocolError, match="not this device's"):
+        pair.relay.send_activation(bytes([9]) * 16, b"answer")
+
+
+def test_client_refuses_an_unasked_activation_answer() -> None:
+    pair = activating()
+    answer = encode_frame(Activation(session=bytes(16), payload=b"x"))
+    assert terminated(pair.client.receive_frame(answer, NOW_MS)).code == "unexpected"
+    pair = activating()
+    pair.client.send_activation(bytes(16), b"start", SERVER)
+    other = encode_frame(Activation(session=bytes([7]) * 16, payload=b"x"))
+    assert terminated(pair.client.receive_frame(other, NOW_MS)).reason == (
+        "activation for another session"
+    )
+
+
+def test_activation_connection_has_an_absolute_lifetime() -> None:
+    pair = activating(RelayConfig(activation_lifetime_ms=5000))
+    assert pair.relay.get_timer() == NOW_MS + 5000
+    for t in range(500, 5000, 500):  # pings keep it from idling, not from ageing
+        assert pair.relay.receive_frame(encode_frame(Ping(data=t)), NOW_MS + t) == []
+    events = pair.relay.receive_frame(encode_frame(Ping(data=0)), NOW_MS + 5000)
+    assert terminated(events) == SessionTerminated(
+        code="timeout", reason="activation took too long", by_peer=False
+    )
+    pair = activating(RelayConfig(activation_lifetime_ms=5000))
+    assert pair.relay.handle_timer(NOW_MS + 4999) == []
+    assert terminated(pair.relay.handle_timer(NOW_MS + 5000)).reason == "activation took too long"
+
+
+# --- local arguments ---------------------------------------------------------------------------
+
+
+def test_a_send_that_does_not_encode_takes_no_request_slot() -> None:
+    pair = open_device(make_org(), config=RelayConfig(max_pending=1))
+    for bad in (bytes(MAX_ENVELOPE_SIZE + 1), None, "text"):
+        with pytest.raises(LocalProtocolError, match="invalid Send"):
+            pair.client.send_envelope(bad)  # type: ignore[arg-type]
+    assert pair.client.send_window == 1
+    assert pair.client.frames_to_send() == []
+    assert pair.client.send_envelope(envelope_for(bytes(32))) == 0
+    assert pair.client.send_window == 0
+
+
+def test_reject_takes_only_per_request_codes() -> None:
+    pair = open_device(make_org())
+    ref = pair.client.send_envelope(envelope_for(bytes(32)))
+    pair.pump()
+    for code in (ErrorCode.SHUTDOWN, ErrorCode.TOO_MANY, "queue-full", "nonsense"):
+        with pytest.raises(LocalProtocolError, match="per-request"):
+            pair.relay.reject(ref, code)  # type: ignore[arg-type]
+    assert pair.relay.pending_requests == 1 and pair.relay.frames_to_send() == []
+    pair.relay.reject(ref, ErrorCode.RATE_LIMITED, "x" * 500)
+    pair.pump()
+    assert pair.client_events[-1] == RequestRejected(ref=ref, code="rate-limited", reason="x" * 200)
+
+
+def test_bad_local_arguments_raise_local_protocol_error() -> None:
+    org = make_org()
+    pair = open_server(org)
+    with pytest.raises(LocalProtocolError, match="invalid Deliver"):
+        pair.relay.deliver(b"d", bytes(MAX_ENVELOPE_SIZE + 1))
+    assert pair.relay.delivery_window == 256
+    with pytest.raises(LocalProtocolError, match="invalid Activation"):
+        pair.relay.send_activation(bytes(15), b"x")
+    with pytest.raises(LocalProtocolError, match="invalid Expired"):
+        pair.relay.notify_expired(bytes(32), bytes(31), 0)
+    with pytest.raises(LocalProtocolError, match="invalid Ack"):
+        pair.client.ack([bytes(33)])
+    with pytest.raises(LocalProtocolError, match="invalid Activation"):
+        pair.client.send_activation(bytes(16), bytes(16 * 1024 + 1))
+    with pytest.raises(LocalProtocolError, match="invalid Revoke"):
+        pair.client.revoke([bytes(31)])
+    with pytest.raises(LocalProtocolError, match="ErrorCode"):
+        pair.client.close("shutdown")  # type: ignore[arg-type]
+    assert pair.client.frames_to_send() == [] and pair.relay.frames_to_send() == []
+    assert not pair.client.closed and not pair.relay.closed
+
+
+# --- connection loss ---------------------------------------------------------------------------
+
+
+def test_connection_lost_reports_the_end() -> None:
+    pair = open_device(make_org())
+    pair.client.send_envelope(envelope_for(bytes(32)))
+    for machine in (pair.client, pair.relay):
+        assert machine.connection_lost() == [
+            SessionTerminated(code=CONNECTION_LOST, reason="connection lost", by_peer=True)
+        ]
+        assert machine.closed and machine.frames_to_send() == []
+        assert machine.connection_lost() == []
+        assert machine.get_timer() is None
+
+
+# --- boundaries ---------------------------------------------------------------------------------
+
+
+def test_exactly_max_pending_requests_are_allowed() -> None:
+    pair = open_device(make_org(), config=RelayConfig(max_pending=3))
+    env = envelope_for(bytes(32))
+    for ref in range(3):
+        events = pair.relay.receive_frame(encode_frame(Send(ref=ref, envelope=env)), NOW_MS)
+        assert events == [EnvelopeSubmitted(ref=ref, recipient=bytes(32), envelope=env)]
+    assert pair.relay.pending_requests == 3
+    one_more = pair.relay.receive_frame(encode_frame(Send(ref=3, envelope=env)), NOW_MS)
+    assert terminated(one_more).code == "too-many"
+    pair = open_device(make_org(), config=RelayConfig(max_pending=3))
+    assert [pair.client.send_envelope(env) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(LocalProtocolError, match="window"):
+        pair.client.send_envelope(env)
+
+
+def test_frame_size_limit_is_exact() -> None:
+    pair = open_device(make_org())
+    at_limit = pair.relay.receive_frame(bytes(MAX_FRAME_SIZE), NOW_MS)
+    assert terminated(at_limit).code == "malformed"  # decoded (and refused), not too large
+    pair = open_device(make_org())
+    over = pair.relay.receive_frame(bytes(MAX_FRAME_SIZE + 1), NOW_MS)
+    assert terminated(over) == SessionTerminated(
+        code="too-large", reason=f"frame of {MAX_FRAME_SIZE + 1} bytes", by_peer=False
+    )
+
+
+def test_the_largest_envelope_goes_through_and_one_byte_more_does_not() -> None:
+    pair = open_device(make_org())
+    largest = Envelope(
+        version=1, recipient=bytes(32), prekey_id=1, ciphertext=bytes(MAX_ENVELOPE_SIZE - 64)
+    ).encode()
+    ref = pair.client.send_envelope(largest)
+    pair.pump()
+    assert pair.relay_events[-1] == EnvelopeSubmitted(
+        ref=ref, recipient=bytes(32), envelope=largest
+    )
+    too_big = encode_frame(Send(ref=9, envelope=bytes(MAX_ENVELOPE_SIZE + 1)))
+    assert terminated(pair.relay.receive_frame(too_big, NOW_MS)).code == "malformed"

@@ -1,10 +1,11 @@
 """Generate tests/vectors/frames.json: every relay frame, as the session machines exchange them.
 
 Run from the repository root: ``python -m tests.vectors.make_frame_vectors``. Three sessions are
-driven in memory with fixed keys, relay id and nonces (Ed25519 signatures are deterministic, so
-every byte is reproducible): a device's authenticated session, an enterprise server's session
-(registration, an activation answer, a revocation, an expiry notice) and an activation-only
-session of a device without a certificate. Each frame is recorded in order with its direction.
+driven in memory with fixed keys, relay origin (hence relay id) and nonces (Ed25519 signatures are
+deterministic, so every byte is reproducible): a device's authenticated session, an enterprise
+server's session (registration, an activation answer, a revocation, an expiry notice) and an
+activation-only session of a device without a certificate. Each frame is recorded in order with
+its direction.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import pathlib
 from typing import Any
 
 from sealwire.protocol.envelope import Envelope
-from sealwire.protocol.frames import ErrorCode
+from sealwire.protocol.frames import ErrorCode, canonical_origin, relay_id_for
 from sealwire.protocol.identity import ChainVerifier, address_of
-from sealwire.protocol.session import ClientSession, RelayConfig, RelaySession
+from sealwire.protocol.session import ClientConfig, ClientSession, RelayConfig, RelaySession
 from tests.vectors.make_protocol_vectors import fixed_organisation
 
 OUT = pathlib.Path(__file__).with_name("frames.json")
 NOW = 1_800_000_000
 NOW_MS = NOW * 1000
-RELAY_ID = bytes(range(0xC0, 0xE0))
+RELAY_ORIGIN = "wss://relay.example"
+RELAY_ID = relay_id_for(RELAY_ORIGIN)
 
 
 def _nonce(n: int) -> bytes:
@@ -62,15 +64,14 @@ def build() -> dict[str, Any]:
     org = address_of(root.public_key)
     verifier = ChainVerifier({org: root.public_key})
     config = RelayConfig(max_pending=8, max_unacked=8)
+    client_config = ClientConfig(relay_id=RELAY_ID)
     recipient = address_of(server.public_key)
     envelope = Envelope(version=1, recipient=recipient, prekey_id=7, ciphertext=bytes(48)).encode()
 
     # 1. A device: handshake, send (accepted, then refused), delivery and ack, ping, goodbye.
     dev = _Recorder(
         "device",
-        ClientSession(
-            device, [device_cert.encode(), server_cert.encode()], expected_relay=RELAY_ID
-        ),
+        ClientSession(device, [device_cert.encode(), server_cert.encode()], config=client_config),
         RelaySession(
             relay_id=RELAY_ID, nonce=_nonce(1), verifier=verifier, now=NOW_MS, config=config
         ),
@@ -95,7 +96,7 @@ def build() -> dict[str, Any]:
     # 2. The enterprise server: registration, activation answer, revocation, expiry notice.
     srv = _Recorder(
         "server",
-        ClientSession(server, [server_cert.encode()], root=root.public_key),
+        ClientSession(server, [server_cert.encode()], root=root.public_key, config=client_config),
         RelaySession(
             relay_id=RELAY_ID, nonce=_nonce(2), verifier=verifier, now=NOW_MS, config=config
         ),
@@ -106,7 +107,7 @@ def build() -> dict[str, Any]:
     srv.relay.send_activation(bytes([0x51]) * 16, b"device-to-server PAKE message")
     srv.pump()
     srv.client.send_activation(bytes([0x51]) * 16, b"server-to-device PAKE message")
-    ref = srv.client.revoke([address_of(device.public_key)])
+    [ref] = srv.client.revoke([address_of(device.public_key)])
     srv.pump()
     srv.relay.accept(ref)
     srv.relay.notify_expired(recipient, bytes([0xEE]) * 32, NOW_MS - 7 * 86_400_000)
@@ -115,7 +116,7 @@ def build() -> dict[str, Any]:
     # 3. A device without a certificate yet: activation only.
     act = _Recorder(
         "activation",
-        ClientSession(),
+        ClientSession(config=client_config),
         RelaySession(
             relay_id=RELAY_ID, nonce=_nonce(3), verifier=verifier, now=NOW_MS, config=config
         ),
@@ -130,6 +131,7 @@ def build() -> dict[str, Any]:
     return {
         "source": "tests/vectors/make_frame_vectors.py (fixed keys; docs/protocol/FRAMES.md)",
         "now_ms": NOW_MS,
+        "relay_origin": canonical_origin(RELAY_ORIGIN),
         "relay_id": RELAY_ID.hex(),
         "seeds": {
             "root": bytes(range(32)).hex(),

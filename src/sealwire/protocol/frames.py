@@ -25,18 +25,29 @@ code  frame            direction          purpose
 
 The relay learns from frames only what routing needs: recipient addresses, sizes and times.
 A device's certificate names no person (docs/PROTOCOL.md, certificates).
+
+A relay's id is not chosen: it is :func:`relay_id_for` its canonical origin (``wss://host:port``),
+so a client that dialled an origin knows the one id a challenge may carry.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Final
 
+from sealwire.errors import ConfigError
 from sealwire.protocol.codec import Struct, Variants, wire
 from sealwire.protocol.envelope import MAX_ENVELOPE_SIZE
 from sealwire.protocol.identity import ADDRESS_SIZE, MAX_CERTIFICATE_SIZE, MAX_CHAIN
-from sealwire.protocol.suite import ED25519_PUBLIC_KEY_SIZE, ED25519_SIGNATURE_SIZE
+from sealwire.protocol.suite import (
+    ED25519_PUBLIC_KEY_SIZE,
+    ED25519_SIGNATURE_SIZE,
+    labelled,
+    sha256,
+)
 
 __all__ = [
     "ERROR_CODES",
@@ -45,9 +56,12 @@ __all__ = [
     "MAX_ACTIVATION_PAYLOAD",
     "MAX_DELIVERY_ID_SIZE",
     "MAX_FRAME_SIZE",
+    "MAX_REASON_SIZE",
     "MAX_REVOKE_ADDRESSES",
     "NONCE_SIZE",
     "PROTOCOL_VERSION",
+    "RELAY_ID_SIZE",
+    "REQUEST_ERROR_CODES",
     "SESSION_ID_SIZE",
     "Accepted",
     "Ack",
@@ -67,13 +81,17 @@ __all__ = [
     "Revoke",
     "Send",
     "auth_message",
+    "canonical_origin",
     "decode_frame",
     "encode_frame",
+    "relay_id_for",
 ]
 
 PROTOCOL_VERSION: Final = 1
 NONCE_SIZE: Final = 32
 """Bytes of a relay challenge nonce."""
+RELAY_ID_SIZE: Final = 32
+"""Bytes of a relay id (:func:`relay_id_for`)."""
 SESSION_ID_SIZE: Final = 16
 """Bytes of an activation session id."""
 MAX_DELIVERY_ID_SIZE: Final = 32
@@ -89,7 +107,8 @@ MAX_FRAME_SIZE: Final = MAX_ENVELOPE_SIZE + 1024
 _MAX_REF: Final = (1 << 63) - 1
 _MAX_TIME_MS: Final = (1 << 53) - 1
 _MAX_CODE: Final = 32
-_MAX_REASON: Final = 200
+MAX_REASON_SIZE: Final = 200
+"""Longest :attr:`Error.reason`, in characters."""
 
 
 class Mode(enum.IntEnum):
@@ -115,7 +134,8 @@ class ErrorCode(enum.StrEnum):
     UNEXPECTED = "unexpected"
     """A frame this state, role or mode does not allow (closes)."""
     AUTH_FAILED = "auth-failed"
-    """The certificate chain or the proof of possession did not verify (closes)."""
+    """The certificate chain or the proof of possession did not verify, a certificate of the
+    chain expired, or (client) a :class:`Challenge` named another relay (closes)."""
     NOT_ADMITTED = "not-admitted"
     """This relay does not serve the organisation (closes)."""
     REVOKED = "revoked"
@@ -123,9 +143,11 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too-large"
     """A frame over :data:`MAX_FRAME_SIZE` (closes)."""
     TIMEOUT = "timeout"
-    """The handshake took too long or the peer went silent (closes)."""
+    """The handshake took too long, the peer went silent, or an activation connection outlived
+    its lifetime (closes)."""
     TOO_MANY = "too-many"
-    """More requests or deliveries in flight than the session allows (closes)."""
+    """More unanswered requests (:class:`Send`, :class:`Revoke`), or more activation messages
+    awaiting an answer, than :attr:`Ready.max_pending` allows (closes)."""
     RATE_LIMITED = "rate-limited"
     """Too many requests for now; retry later (per request, or closes a flood)."""
     QUEUE_FULL = "queue-full"
@@ -142,6 +164,12 @@ class ErrorCode(enum.StrEnum):
 
 ERROR_CODES: Final = frozenset(code.value for code in ErrorCode)
 
+REQUEST_ERROR_CODES: Final = frozenset(
+    {ErrorCode.RATE_LIMITED, ErrorCode.QUEUE_FULL, ErrorCode.UNKNOWN_SERVER, ErrorCode.UNAVAILABLE}
+)
+"""The codes that may refuse one request (an :class:`Error` with a ``ref``); the others end the
+session."""
+
 
 @dataclass(frozen=True)
 class Hello(Struct):
@@ -155,8 +183,9 @@ class Hello(Struct):
 class Challenge(Struct):
     """The relay's answer to an authenticating :class:`Hello`."""
 
-    relay_id: bytes = wire(0, size=32)
-    """The relay's stable identifier (bound into the signature; clients may pin it)."""
+    relay_id: bytes = wire(0, size=RELAY_ID_SIZE)
+    """:func:`relay_id_for` the relay's origin. The client refuses any id but the one of the
+    origin it dialled, and signs it into :func:`auth_message`."""
     nonce: bytes = wire(1, size=NONCE_SIZE)
     """Fresh random bytes for this connection only."""
 
@@ -222,7 +251,7 @@ class Error(Struct):
 
     code: str = wire(0, max_size=_MAX_CODE)
     """One of :class:`ErrorCode` (unknown codes from newer peers are kept as text)."""
-    reason: str = wire(1, max_size=_MAX_REASON, default="")
+    reason: str = wire(1, max_size=MAX_REASON_SIZE, default="")
     """Detail for logs; never payloads, keys or full addresses."""
     ref: int | None = wire(2, min_value=0, max_value=_MAX_REF, default=None)
 
@@ -258,10 +287,17 @@ class Activation(Struct):
 
 @dataclass(frozen=True)
 class Revoke(Struct):
-    """An enterprise server tells the relay to refuse these addresses of its organisation."""
+    """An enterprise server tells the relay to refuse these addresses of its organisation.
+
+    The frame itself names no organisation: the relay takes it from the server's verified
+    certificate and applies the revocation only to addresses whose certificates belong to that
+    organisation (a server cannot revoke another organisation's devices). An empty list is
+    malformed; more than :data:`MAX_REVOKE_ADDRESSES` addresses take several frames.
+    """
 
     ref: int = wire(0, min_value=0, max_value=_MAX_REF)
     addresses: tuple[bytes, ...] = wire(1, max_items=MAX_REVOKE_ADDRESSES, size=ADDRESS_SIZE)
+    """1 to :data:`MAX_REVOKE_ADDRESSES` device addresses."""
 
 
 @dataclass(frozen=True)
@@ -332,7 +368,63 @@ def decode_frame(data: bytes) -> Frame:
 def auth_message(relay_id: bytes, nonce: bytes, address: bytes) -> bytes:
     """The bytes a client signs (label ``relay-auth``) to prove it holds ``address``'s key.
 
-    ``relay_id || nonce || address``: binding the relay's id stops a challenge answered for
-    one relay being replayed at another, and the fresh nonce stops replay at the same relay.
+    ``relay_id || nonce || address``. The fresh nonce stops a proof being replayed at the same
+    relay. ``relay_id`` is :func:`relay_id_for` the origin the client dialled, and the client
+    signs no other (``ClientConfig.relay_id``): since TLS authenticated that origin, a relay
+    that passes on another relay's challenge gets a refusal, not a signature, and a proof made
+    for one relay never verifies at another whose id is derived from a different origin.
     """
     return relay_id + nonce + address
+
+
+_DEFAULT_PORTS: Final = {"wss": 443, "ws": 80}
+_ORIGIN: Final = re.compile(
+    r"(?:(?P<scheme>[a-z]+)://)?(?P<host>\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?/?"
+)
+_DNS_LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def canonical_origin(origin: str) -> str:
+    """Return the canonical form ``scheme://host:port`` of a relay origin.
+
+    Accepts ``wss://host[:port]``, ``ws://host[:port]`` (loopback tests only: nothing then
+    authenticates the origin) or a bare ``host[:port]`` (an activation ticket's form, meaning
+    ``wss``). Letters are lower-cased, the default port (443, 80) is written out, IPv6 literals
+    are compressed in brackets; a trailing ``/`` is dropped. Hosts are ASCII (IDNA A-labels).
+
+    Raises:
+        ConfigError: if ``origin`` is not of that form (a path, query, user or bad port).
+    """
+    match = _ORIGIN.fullmatch(origin.strip().lower()) if origin.isascii() else None
+    if match is None:
+        raise ConfigError(
+            f"relay origin {origin!r} is not of the form wss://host[:port]; check the relay setting"
+        )
+    scheme = match["scheme"] or "wss"
+    if scheme not in _DEFAULT_PORTS:
+        raise ConfigError(f"relay origin {origin!r}: the scheme must be wss (or ws on loopback)")
+    host = match["host"]
+    if host.startswith("["):
+        try:
+            host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        except ValueError:
+            raise ConfigError(f"relay origin {origin!r}: invalid IPv6 address") from None
+    elif len(host) > 253 or not all(_DNS_LABEL.fullmatch(part) for part in host.split(".")):
+        raise ConfigError(f"relay origin {origin!r}: invalid host name")
+    port = int(match["port"]) if match["port"] is not None else _DEFAULT_PORTS[scheme]
+    if not 0 < port < 65536:
+        raise ConfigError(f"relay origin {origin!r}: the port must be 1 to 65535")
+    return f"{scheme}://{host}:{port}"
+
+
+def relay_id_for(origin: str) -> bytes:
+    """The id of the relay at ``origin``: SHA-256 of ``labelled("relay-id", canonical origin)``.
+
+    ``"sealwire/v1/relay-id" || 0x00 || canonical_origin(origin)`` (ASCII). A relay presents
+    the id of its own origin in every :class:`Challenge`; a client computes the id of the
+    origin it dialled and signs nothing else, so the id says which relay a proof is for.
+
+    Raises:
+        ConfigError: if ``origin`` is not a valid relay origin (:func:`canonical_origin`).
+    """
+    return sha256(labelled("relay-id", canonical_origin(origin).encode("ascii")))
