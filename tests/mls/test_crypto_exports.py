@@ -116,6 +116,7 @@ EXPECTED = {
         "ApplicationReceived",
         "CommitApplied",
         "CredentialValidator",
+        "EXTERNAL_PUB_EXTENSION",
         "Event",
         "Group",
         "ProposalReceived",

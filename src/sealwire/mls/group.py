@@ -11,7 +11,15 @@ documented limit rather than a silent gap:
 
 * the committer merges its own commit at once (RFC 9420 §14 lets it wait for the Delivery
   Service's confirmation; callers that need that keep a copy of the state);
-* external commits, ReInit and ExternalInit proposals raise
+* external commits (RFC 9420 §12.4.3.2) are supported both ways: :meth:`Group.group_info`
+  publishes a GroupInfo with the ``external_pub`` extension, :meth:`Group.join_external` joins
+  (or resyncs) with it, and :meth:`Group.process` applies others' external commits; the joiner
+  sends ExternalInit, an optional Remove of its own old leaf and optional external-PSK
+  proposals (no resumption PSKs); a resync must keep the removed leaf's credential unchanged
+  (our policy for RFC 9420 §12.2's "acceptable to the application for the removed
+  participant"); external commits are not available with the X-Wing suite (no HPKE exporter,
+  see :mod:`.key_schedule`);
+* ReInit proposals, external senders and new-member proposals raise
   :class:`~sealwire.mls.errors.UnsupportedError`;
 * PSKs: external PSKs from a caller-provided table and resumption PSKs of this group's own
   past epochs.
@@ -25,10 +33,18 @@ from dataclasses import dataclass, replace
 
 from . import framing
 from . import tree_math as tm
-from ._tls import encode
+from ._tls import Reader, Writer, encode
 from .crypto import CipherSuite, cipher_suite
-from .errors import LocalError, UnsupportedError, ValidationError
-from .key_schedule import EpochSecrets, key_schedule, mls_exporter, zero_secret
+from .errors import DecodeError, LocalError, UnsupportedError, ValidationError
+from .key_schedule import (
+    EpochSecrets,
+    external_init_receiver,
+    external_init_sender,
+    external_key_pair,
+    key_schedule,
+    mls_exporter,
+    zero_secret,
+)
 from .psk import psk_secret
 from .secret_tree import SecretTree
 from .structs import (
@@ -41,6 +57,7 @@ from .structs import (
     FramedContent,
     GroupContext,
     GroupContextExtensions,
+    GroupInfo,
     KeyPackage,
     LeafNode,
     LeafNodeSource,
@@ -78,6 +95,7 @@ from .welcome import (
 )
 
 __all__ = [
+    "EXTERNAL_PUB_EXTENSION",
     "RATCHET_TREE_EXTENSION",
     "ApplicationReceived",
     "CommitApplied",
@@ -89,6 +107,9 @@ __all__ = [
 
 RATCHET_TREE_EXTENSION = 0x0002
 """``ratchet_tree`` extension type (RFC 9420 §12.4.3.3, §17.3)."""
+
+EXTERNAL_PUB_EXTENSION = 0x0004
+"""``external_pub`` GroupInfo extension type (RFC 9420 §12.4.3.2, §17.3)."""
 
 CredentialValidator = Callable[[Credential, bytes], bool]
 """``validate_credential(credential, signature_key)``: does the application accept it?"""
@@ -145,8 +166,53 @@ def _key_package_ok(
         raise ValidationError("credential rejected")
 
 
+def _group_info_tree(
+    suite: CipherSuite,
+    info: GroupInfo,
+    ratchet_tree: RatchetTree | None,
+    validate: CredentialValidator,
+) -> RatchetTree:
+    # RFC 9420 §12.4.3.1 (Welcome) and §12.4.3.2 (external join): pick the tree, check the
+    # GroupInfo signature with the signer's leaf key, the tree hash, and the tree's validity.
+    gc = info.group_context
+    ext = next((e for e in info.extensions if e.extension_type == RATCHET_TREE_EXTENSION), None)
+    if ext is not None:
+        tree = RatchetTree.decode(ext.extension_data)
+    elif ratchet_tree is not None:
+        tree = ratchet_tree.copy()
+    else:
+        raise ValidationError("no ratchet tree in the GroupInfo and none given")
+    signer = tree.leaf(info.signer) if info.signer < tree.n_leaves else None
+    if signer is None:
+        raise ValidationError("GroupInfo signer is not a member")
+    verify_group_info(suite, signer.signature_key, info)
+    if tree.tree_hash(suite) != gc.tree_hash:
+        raise ValidationError("ratchet tree does not match the GroupInfo tree hash")
+    tree.verify_parent_hashes(suite)
+    tree.verify_leaf_signatures(suite, gc.group_id)
+    for _, leaf in tree.leaves():
+        if not validate(leaf.credential, leaf.signature_key):
+            raise ValidationError("credential rejected")
+    return tree
+
+
+def _external_pub(info: GroupInfo) -> bytes:
+    # RFC 9420 §12.4.3.2: struct { HPKEPublicKey external_pub; } ExternalPub;
+    ext = next((e for e in info.extensions if e.extension_type == EXTERNAL_PUB_EXTENSION), None)
+    if ext is None:
+        raise ValidationError("GroupInfo has no external_pub extension")
+    r = Reader(ext.extension_data)
+    try:
+        pub = r.opaque()
+        r.finish()
+    except DecodeError:
+        raise ValidationError("malformed external_pub extension") from None
+    return pub
+
+
 class Group:
-    """One member's state of an MLS group; build with :meth:`create` or :meth:`join`.
+    """One member's state of an MLS group; build with :meth:`create`, :meth:`join` or
+    :meth:`join_external`.
 
     Attributes are read-only for callers; every state change goes through :meth:`commit`,
     :meth:`process`, :meth:`protect` (consumes a generation) and the constructors.
@@ -163,6 +229,7 @@ class Group:
         keys: dict[int, tuple[bytes, bytes]],
         secrets: EpochSecrets,
         interim: bytes,
+        confirmation_tag: bytes,
         validate_credential: CredentialValidator,
         external_psks: Mapping[bytes, bytes],
     ) -> None:
@@ -175,6 +242,7 @@ class Group:
         self._keys = keys
         self._secrets = secrets
         self._interim = interim
+        self._confirmation_tag = confirmation_tag
         self._validate = validate_credential
         self._external_psks = dict(external_psks)
         self._resumption: dict[int, bytes] = {context.epoch: secrets.resumption_psk}
@@ -228,6 +296,7 @@ class Group:
             keys={0: (encryption_priv, leaf.encryption_key)},
             secrets=secrets,
             interim=interim_transcript_hash(suite, b"", tag),
+            confirmation_tag=tag,
             validate_credential=validate_credential,
             external_psks={},
         )
@@ -276,24 +345,9 @@ class Group:
             suite, welcome, key_package, init_priv, lambda gs: psk_secret_for(gs.psks)
         )
         gc = info.group_context
-        ext = next((e for e in info.extensions if e.extension_type == RATCHET_TREE_EXTENSION), None)
-        if ext is not None:
-            tree = RatchetTree.decode(ext.extension_data)
-        elif ratchet_tree is not None:
-            tree = ratchet_tree.copy()
-        else:
-            raise ValidationError("no ratchet tree in the Welcome and none given")
-        signer = tree.leaf(info.signer) if info.signer < tree.n_leaves else None
-        if signer is None:
-            raise ValidationError("GroupInfo signer is not a member")
-        verify_group_info(suite, signer.signature_key, info)
-        secrets = join_epoch_secrets(suite, group_secrets, info, psk, tree.tree_hash(suite))
         # RFC 9420 §12.4.3.1: the tree must be valid before we trust it.
-        tree.verify_parent_hashes(suite)
-        tree.verify_leaf_signatures(suite, gc.group_id)
-        for _, leaf in tree.leaves():
-            if not validate_credential(leaf.credential, leaf.signature_key):
-                raise ValidationError("credential rejected")
+        tree = _group_info_tree(suite, info, ratchet_tree, validate_credential)
+        secrets = join_epoch_secrets(suite, group_secrets, info, psk, tree.tree_hash(suite))
         me = next((i for i, leaf in tree.leaves() if leaf == key_package.leaf_node), None)
         if me is None:
             raise ValidationError("our leaf is not in the ratchet tree")
@@ -323,10 +377,144 @@ class Group:
             interim=interim_transcript_hash(
                 suite, gc.confirmed_transcript_hash, info.confirmation_tag
             ),
+            confirmation_tag=info.confirmation_tag,
             validate_credential=validate_credential,
             external_psks=psks,
         )
         return group
+
+    @classmethod
+    def join_external(
+        cls,
+        group_info: GroupInfo,
+        leaf: LeafNode,
+        signature_priv: bytes,
+        random: Random,
+        validate_credential: CredentialValidator,
+        *,
+        ratchet_tree: RatchetTree | None = None,
+        resync: int | None = None,
+        external_psks: Mapping[bytes, bytes] | None = None,
+        authenticated_data: bytes = b"",
+    ) -> tuple[Group, MLSMessage]:
+        """Join a group by external commit (RFC 9420 §12.4.3.2, §8.3).
+
+        Verifies the GroupInfo and its tree as a Welcome joiner would (signature, tree hash,
+        parent hashes, leaf signatures, credentials), derives ``init_secret`` from the
+        ``external_pub`` extension (``kem_output`` goes into an ExternalInit proposal), places
+        us at the leftmost blank leaf and commits with an UpdatePath.
+
+        Args:
+            group_info: a member's GroupInfo with the ``external_pub`` extension (see
+                :meth:`group_info`).
+            leaf: our leaf node as a template: its signature key, credential, capabilities and
+                extensions are kept; encryption key, source (``commit``), parent hash and
+                signature are made here.
+            signature_priv: the private key of ``leaf.signature_key``.
+            random: returns ``n`` fresh random bytes.
+            validate_credential: judges members' credentials (ours included).
+            ratchet_tree: the tree, when the GroupInfo has no ``ratchet_tree`` extension.
+            resync: our old leaf index, to remove it in the same commit (a "resync" external
+                commit); its credential must equal ``leaf.credential``.
+            external_psks: external PSKs by ``psk_id``, each injected with a PreSharedKey
+                proposal (RFC 9420 §12.2 allows them in external commits); every member must
+                hold them too.
+            authenticated_data: authenticated data of the commit message.
+
+        Returns:
+            ``(group, commit)``: our state, already in the new epoch, and the commit (a
+            PublicMessage from a ``new_member_commit`` sender) to send to the group.
+
+        Raises:
+            ValidationError: no tree or ``external_pub``, tree/hash mismatch, invalid tree, or a
+                rejected credential.
+            CryptoError: the GroupInfo or a leaf signature does not verify, or ``external_pub``
+                is malformed.
+            UnsupportedError: the suite (X-Wing has no HPKE exporter).
+            LocalError: ``signature_priv`` does not match ``leaf``, or ``resync`` does not
+                name a leaf with our credential.
+        """
+        suite = cipher_suite(group_info.group_context.cipher_suite)
+        if suite.signature_key_pair(signature_priv)[1] != leaf.signature_key:
+            raise LocalError("signature_priv does not match the leaf's signature key")
+        gc = group_info.group_context
+        tree = _group_info_tree(suite, group_info, ratchet_tree, validate_credential)
+        if not validate_credential(leaf.credential, leaf.signature_key):
+            raise LocalError("our own credential is rejected by validate_credential")
+        # RFC 9420 §8.3: kem_output, context = SetupBaseS(external_pub, "");
+        # init_secret = context.export("MLS 1.0 external init secret", Nh).
+        kem_output, init_secret = external_init_sender(
+            suite, _external_pub(group_info), randomness=random(32)
+        )
+        proposals: list[Proposal] = [ExternalInit(kem_output)]
+        if resync is not None:
+            old = tree.leaf(resync) if 0 <= resync < tree.n_leaves else None
+            if old is None or old.credential != leaf.credential:
+                raise LocalError("resync must name a leaf holding our credential")
+            proposals.append(Remove(resync))
+            tree.remove_leaf(resync)
+        psks = dict(external_psks or {})
+        psk_ids = [PreSharedKeyID(1, random(suite.kdf.Nh), psk_id) for psk_id in psks]
+        proposals += [PreSharedKey(i) for i in psk_ids]
+        # RFC 9420 §12.4.3.2: the joiner takes the leftmost free leaf (as an Add would), and
+        # the path is computed from there; §12.4.1: provisional context of the next epoch.
+        me = tree.add_leaf(leaf)
+
+        def context_for(tree_hash: bytes) -> bytes:
+            return encode(replace(gc, epoch=gc.epoch + 1, tree_hash=tree_hash))
+
+        path, result = create_update_path(
+            suite,
+            tree,
+            me,
+            leaf,
+            signature_priv,
+            gc.group_id,
+            random(suite.kdf.Nh),
+            random(32),
+            context_for,
+            random,
+        )
+        commit = Commit(tuple(ProposalOrRef(proposal=p) for p in proposals), path)
+        content = FramedContent(
+            gc.group_id, gc.epoch, Sender(SenderType.NEW_MEMBER_COMMIT), commit, authenticated_data
+        )
+        old_ctx = encode(gc)
+        ac = framing.sign_content(
+            suite, signature_priv, WireFormat.PUBLIC_MESSAGE, content, old_ctx
+        )
+        # RFC 9420 §8.2: the joiner's interim hash comes from the GroupInfo, as for a Welcome.
+        interim = interim_transcript_hash(
+            suite, gc.confirmed_transcript_hash, group_info.confirmation_tag
+        )
+        confirmed = confirmed_transcript_hash(suite, interim, ac.confirmed_transcript_hash_input())
+        new_gc = replace(
+            gc,
+            epoch=gc.epoch + 1,
+            tree_hash=tree.tree_hash(suite),
+            confirmed_transcript_hash=confirmed,
+        )
+        psk = _psk_secret(suite, psk_ids, psks, {})
+        secrets = key_schedule(suite, init_secret, result.commit_secret, psk, encode(new_gc))
+        tag = confirmation_tag(suite, secrets.confirmation_key, confirmed)
+        ac = replace(ac, auth=replace(ac.auth, confirmation_tag=tag))
+        # No membership tag: the sender is not a member (RFC 9420 §6.2).
+        message = framing.protect_public(suite, b"", ac, old_ctx)
+        keys = {x: (k, suite.hpke_public_key(k)) for x, k in result.private_keys.items()}
+        group = cls(
+            suite=suite,
+            context=new_gc,
+            tree=tree,
+            leaf_index=me,
+            signature_priv=signature_priv,
+            keys=keys,
+            secrets=secrets,
+            interim=interim_transcript_hash(suite, confirmed, tag),
+            confirmation_tag=tag,
+            validate_credential=validate_credential,
+            external_psks=psks,
+        )
+        return group, MLSMessage(message)
 
     # -- accessors ----------------------------------------------------------------------------
 
@@ -352,6 +540,35 @@ class Group:
     def export_secret(self, label: str | bytes, context: bytes, length: int) -> bytes:
         """``MLS-Exporter(label, context, length)`` of this epoch (RFC 9420 §8.5)."""
         return mls_exporter(self.suite, self._secrets.exporter_secret, label, context, length)
+
+    def group_info(self, *, external_pub: bool = True, ratchet_tree: bool = True) -> GroupInfo:
+        """A signed GroupInfo of the current epoch (RFC 9420 §12.4.3), for external joins.
+
+        Args:
+            external_pub: include the ``external_pub`` extension, the HPKE public key derived
+                from this epoch's ``external_secret`` (RFC 9420 §8.3, §12.4.3.2); without it
+                nobody can join by external commit.
+            ratchet_tree: include the ``ratchet_tree`` extension (RFC 9420 §12.4.3.3).
+
+        Returns:
+            The GroupInfo, signed by us; wrap it in :class:`MLSMessage` to send it. It is valid
+            for one external join: any commit moves the group past its epoch.
+        """
+        self._check_active()
+        extensions = []
+        if external_pub:
+            pub = external_key_pair(self.suite, self._secrets.external_secret)[1]
+            extensions.append(Extension(EXTERNAL_PUB_EXTENSION, Writer().opaque(pub).bytes()))
+        if ratchet_tree:
+            extensions.append(Extension(RATCHET_TREE_EXTENSION, self.tree.encode()))
+        return sign_group_info(
+            self.suite,
+            self._signature_priv,
+            self.context,
+            extensions,
+            self._confirmation_tag,
+            self.leaf_index,
+        )
 
     def add_external_psk(self, psk_id: bytes, psk: bytes) -> None:
         """Make an external PSK available to commits we process or create."""
@@ -502,7 +719,7 @@ class Group:
                 commit, wrong confirmation tag.
             CryptoError: a tag, signature or decryption check failed.
             SecretReuseError: a replayed or too-distant generation.
-            UnsupportedError: external senders and commits, ReInit, ExternalInit.
+            UnsupportedError: external senders, new-member proposals, ReInit.
         """
         self._check_active()
         body = message.body
@@ -510,8 +727,11 @@ class Group:
         if isinstance(body, PublicMessage):
             if body.content.group_id != self.group_id or body.content.epoch != self.epoch:
                 raise ValidationError("message for another group or epoch")
-            if body.content.sender.sender_type != SenderType.MEMBER:
-                raise UnsupportedError("non-member senders")
+            sender_type = body.content.sender.sender_type
+            if sender_type == SenderType.NEW_MEMBER_COMMIT:
+                return self._process_external_commit(body, ctx, now)
+            if sender_type != SenderType.MEMBER:
+                raise UnsupportedError("external senders and new-member proposals")
             ac = framing.unprotect_public(self.suite, self._secrets.membership_key, body, ctx)
         elif isinstance(body, PrivateMessage):
             if body.group_id != self.group_id or body.epoch != self.epoch:
@@ -538,6 +758,9 @@ class Group:
             return ApplicationReceived(sender, content, ac.content.authenticated_data)
         if isinstance(content, Commit):
             return self._process_commit(ac, content, sender, now)
+        if isinstance(content, ExternalInit):
+            # RFC 9420 §12.1.6: only inside an external commit.
+            raise ValidationError("ExternalInit proposal outside an external commit")
         ref = self.suite.make_proposal_ref(encode(ac))
         self._proposals[ref] = (content, sender)
         return ProposalReceived(sender, ref, content)
@@ -558,6 +781,9 @@ class Group:
                 if entry is None:
                     raise ValidationError("commit references an unknown proposal")
                 proposals.append(entry)
+        if any(isinstance(p, ExternalInit) for p, _ in proposals):
+            # RFC 9420 §12.2: a member's commit contains no ExternalInit.
+            raise ValidationError("ExternalInit in a member commit")
         if commit.path is None and _path_required([p for p, _ in proposals]):
             raise ValidationError("commit lacks a required UpdatePath")  # RFC 9420 §12.4
         tree = self.tree.copy()
@@ -595,6 +821,77 @@ class Group:
         self._merge(tree, gc, secrets, confirmed, tag, new_keys)
         return CommitApplied(gc.epoch, committer)
 
+    def _process_external_commit(
+        self, msg: PublicMessage, ctx: bytes, now: int | None
+    ) -> CommitApplied:
+        # RFC 9420 §12.4.3.2, §12.2, §12.4.2: a new_member_commit sender's commit.
+        suite = self.suite
+        commit = msg.content.content
+        if not isinstance(commit, Commit):
+            raise ValidationError("new_member_commit sender sent no commit")
+        if msg.membership_tag is not None:
+            raise ValidationError("external commit with a membership tag")  # §6.2
+        path = commit.path
+        if path is None:
+            raise ValidationError("external commit without a path")
+        # The signature verifies with the key of the path's leaf node (§12.4.3.2).
+        ac = framing.unprotect_public(suite, self._secrets.membership_key, msg, ctx)
+        framing.verify_signature(suite, path.leaf_node.signature_key, ac, ctx)
+        if any(por.proposal is None for por in commit.proposals):
+            raise ValidationError("external commit with a proposal by reference")
+        proposals = [por.proposal for por in commit.proposals if por.proposal is not None]
+        # §12.2: exactly one ExternalInit, at most one Remove, PreSharedKeys, nothing else.
+        inits = [p for p in proposals if isinstance(p, ExternalInit)]
+        if len(inits) != 1:
+            raise ValidationError("external commit needs exactly one ExternalInit")
+        removes = [p for p in proposals if isinstance(p, Remove)]
+        if len(removes) > 1:
+            raise ValidationError("external commit with more than one Remove")
+        if any(not isinstance(p, (ExternalInit, Remove, PreSharedKey)) for p in proposals):
+            raise ValidationError("proposal type not allowed in an external commit")
+        new_leaf = path.leaf_node
+        if not self._validate(new_leaf.credential, new_leaf.signature_key):
+            raise ValidationError("credential rejected")
+        for r in removes:
+            # §12.2: a Remove only replaces the joiner's old leaf (resync); the new leaf must
+            # be acceptable for the removed member: we require the same credential.
+            old = self.tree.leaf(r.removed) if r.removed < self.tree.n_leaves else None
+            if old is not None and old.credential != new_leaf.credential:
+                raise ValidationError("external commit removes another member")
+        tree = self.tree.copy()
+        _, extensions, psk_ids = self._apply_proposals(
+            tree, [(p, -1) for p in proposals], -1, now, external=True
+        )
+        if self.leaf_index >= tree.n_leaves or tree.leaf(self.leaf_index) is None:
+            # An external resync replaced our own leaf (we are the joiner's old state).
+            self.active = False
+            return CommitApplied(self.epoch + 1, -1, removed=True)
+        # §12.4.2: the joiner takes the leftmost blank leaf, extending the tree if needed.
+        committer = tree.add_leaf(new_leaf)
+        private = {x: k[0] for x, k in self._keys.items()}
+        result = apply_update_path(
+            suite,
+            tree,
+            committer,
+            path,
+            self.group_id,
+            self.leaf_index,
+            private,
+            self._provisional(extensions),
+        )
+        # §8.3: init_secret from the ExternalInit's kem_output and this epoch's external key.
+        external_priv = external_key_pair(suite, self._secrets.external_secret)[0]
+        init_secret = external_init_receiver(suite, external_priv, inits[0].kem_output)
+        gc, secrets, confirmed = self._next_epoch(
+            tree, extensions, ac, result.commit_secret, psk_ids, init_secret
+        )
+        tag = ac.auth.confirmation_tag
+        assert tag is not None  # checked by verify_signature
+        if not verify_confirmation_tag(suite, secrets.confirmation_key, confirmed, tag):
+            raise ValidationError("confirmation tag does not verify")
+        self._merge(tree, gc, secrets, confirmed, tag, result.private_keys)
+        return CommitApplied(gc.epoch, committer)
+
     # -- epoch change -------------------------------------------------------------------------
 
     def _apply_proposals(
@@ -603,13 +900,19 @@ class Group:
         proposals: Sequence[tuple[Proposal, int]],
         committer: int,
         now: int | None,
+        *,
+        external: bool = False,
     ) -> tuple[list[int], tuple[Extension, ...], list[PreSharedKeyID]]:
         # RFC 9420 §12.3: GroupContextExtensions, then Update, Remove, Add, PreSharedKey.
+        # ``external``: an external commit, whose list the caller checked (§12.2).
         suite = self.suite
         extensions = self.context.extensions
         for p, _ in proposals:
-            if isinstance(p, (ReInit, ExternalInit)):
-                raise UnsupportedError(f"{type(p).__name__} proposals")
+            if isinstance(p, ReInit):
+                raise UnsupportedError("ReInit proposals")
+            if isinstance(p, ExternalInit) and not external:
+                # RFC 9420 §12.2: a member's commit contains no ExternalInit.
+                raise ValidationError("ExternalInit in a member commit")
             if isinstance(p, GroupContextExtensions):
                 extensions = p.extensions
         removed = [p.removed for p, _ in proposals if isinstance(p, Remove)]
@@ -662,7 +965,9 @@ class Group:
         ac: AuthenticatedContent,
         commit_secret: bytes,
         psk_ids: Sequence[PreSharedKeyID],
+        init_secret: bytes | None = None,
     ) -> tuple[GroupContext, EpochSecrets, bytes]:
+        # ``init_secret``: the external init secret of an external commit (RFC 9420 §8.3).
         suite = self.suite
         confirmed = confirmed_transcript_hash(
             suite, self._interim, ac.confirmed_transcript_hash_input()
@@ -674,9 +979,9 @@ class Group:
             confirmed_transcript_hash=confirmed,
             extensions=extensions,
         )
-        secrets = key_schedule(
-            suite, self._secrets.init_secret, commit_secret, self._psk(psk_ids), encode(gc)
-        )
+        if init_secret is None:
+            init_secret = self._secrets.init_secret
+        secrets = key_schedule(suite, init_secret, commit_secret, self._psk(psk_ids), encode(gc))
         return gc, secrets, confirmed
 
     def _merge(
@@ -697,6 +1002,7 @@ class Group:
         self.context = gc
         self._secrets = secrets
         self._interim = interim_transcript_hash(self.suite, confirmed, tag)
+        self._confirmation_tag = tag
         self._secret_tree = SecretTree(self.suite, secrets.encryption_secret, tree.n_leaves)
         self._proposals.clear()
         self._resumption[gc.epoch] = secrets.resumption_psk
