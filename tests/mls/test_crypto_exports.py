@@ -1,6 +1,6 @@
 """Locks the public names (``__all__``) of every module of ``sealwire.mls`` (codec, crypto,
-key schedule, structures, tree, TreeKEM, framing, Welcome, group): modules build on each other,
-so a change here must be deliberate."""
+X-Wing HPKE, key schedule, structures, tree, TreeKEM, framing, Welcome, group): modules build on
+each other, so a change here must be deliberate."""
 
 from __future__ import annotations
 
@@ -46,6 +46,23 @@ EXPECTED = {
         "HPKESuite",
         "hkdf_expand",
         "hkdf_extract",
+    },
+    "sealwire.mls.xwing": {
+        "CIPHERTEXT_SIZE",
+        "KEM_XWING",
+        "PRIVATE_KEY_SIZE",
+        "PUBLIC_KEY_SIZE",
+        "SHARED_SECRET_SIZE",
+        "XWING_AES256GCM",
+        "XWING_LABEL",
+        "XWingHPKESuite",
+        "combiner",
+        "decapsulate",
+        "derive_key_pair",
+        "encapsulate",
+        "expand_private_key",
+        "hpke_suite",
+        "public_key",
     },
     "sealwire.mls.crypto": {
         "AEAD",

@@ -79,7 +79,7 @@ def everyone_processes(groups: dict[int, Group], commit: s.MLSMessage) -> None:
 # -- joining ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("suite_value", [1, 3])
+@pytest.mark.parametrize("suite_value", [1, 3, 0xF0A1])
 def test_external_join_three_members(suite_value: int) -> None:
     groups, _ = three(suite_value)
     info = published(groups[1])  # any member may publish it; here Bob
@@ -215,11 +215,64 @@ def test_resync_of_another_members_leaf_is_refused_locally() -> None:
         )
 
 
-def test_xwing_external_join_is_unsupported() -> None:
-    groups, _ = three(0xF0A1)
-    info = published(groups[0])  # publishing works (DeriveKeyPair), joining needs Export
-    with pytest.raises(UnsupportedError):
-        join(Member("dave", cipher_suite(0xF0A1)), info)
+XWING = 0xF0A1
+
+
+def test_xwing_external_join_and_resync() -> None:
+    """X-Wing external init: SetupBaseS/Export through our HPKE with KEM 0x647A (xwing.py)."""
+    groups, members = three(XWING)
+    info = published(groups[0])
+    d, commit = join(Member("dave", cipher_suite(XWING)), info)
+    inner = commit.body.content.content  # type: ignore[union-attr]
+    assert isinstance(inner, s.Commit)
+    init = inner.proposals[0].proposal
+    assert isinstance(init, s.ExternalInit) and len(init.kem_output) == 1120
+    everyone_processes(groups, commit)
+    groups[d.leaf_index] = d
+    assert_in_sync(list(groups.values()))
+    # Carol loses her state and resyncs from a GroupInfo that Dave publishes.
+    old_carol = groups.pop(2)
+    c, commit = join(members[2], published(d), resync=2)
+    everyone_processes(groups, commit)
+    event = old_carol.process(wire(commit))
+    assert isinstance(event, CommitApplied) and event.removed
+    groups[2] = c
+    assert_in_sync(list(groups.values()))
+    msg = c.protect(b"back", rng(b"m"))
+    assert d.process(wire(msg)) == ApplicationReceived(2, b"back", b"")
+
+
+def test_xwing_external_commit_with_bad_kem_output_is_rejected() -> None:
+    suite = cipher_suite(XWING)
+    groups, _ = three(XWING)
+    dave = Member("dave", suite)
+    _, commit = join(dave, published(groups[1]))
+    body = commit.body
+    assert isinstance(body, s.PublicMessage) and isinstance(body.content.content, s.Commit)
+    inner = body.content.content
+    init = inner.proposals[0].proposal
+    assert isinstance(init, s.ExternalInit)
+    ctx = encode(groups[0].context)
+
+    def with_kem_output(kem_output: bytes) -> s.MLSMessage:
+        proposals = (s.ProposalOrRef(proposal=s.ExternalInit(kem_output)), *inner.proposals[1:])
+        content = replace(body.content, content=replace(inner, proposals=proposals))
+        ac = framing.sign_content(suite, dave.sig_priv, s.WireFormat.PUBLIC_MESSAGE, content, ctx)
+        return s.MLSMessage(
+            s.PublicMessage(
+                ac.content, replace(ac.auth, confirmation_tag=body.auth.confirmation_tag)
+            )
+        )
+
+    ko = init.kem_output
+    # A flipped bit in ct_M (ML-KEM rejects implicitly) or ct_X gives another init_secret.
+    for pos in (0, 1000, 1088, 1119):
+        bad = with_kem_output(ko[:pos] + bytes([ko[pos] ^ 1]) + ko[pos + 1 :])
+        _check_rejected(groups, bad, ValidationError, "confirmation tag")
+    # Wrong sizes, a DHKEM-sized output, and a small-order X25519 part fail decapsulation.
+    for bad_output in (ko[:-1], ko + b"\x00", bytes(32), b"", ko[:1088] + bytes(32)):
+        _check_rejected(groups, with_kem_output(bad_output), CryptoError, None)
+    everyone_processes(groups, commit)
 
 
 # -- GroupInfo validation by the joiner -------------------------------------------------------

@@ -215,6 +215,24 @@ def test_commit_negative() -> None:
     assert_in_sync([a, b])
 
 
+def test_removed_member_learns_it_when_an_add_reuses_its_leaf() -> None:
+    m = [Member(f"reuse{i}") for i in range(4)]
+    a = m[0].create()
+    _, welcome = a.commit(rng(b"reuse1"), add=[m[1].key_package, m[2].key_package])
+    assert welcome is not None
+    b, c = m[1].join(welcome), m[2].join(welcome)
+    # Removing leaf 2 frees it, and the Add of the same commit takes it at once.
+    msg, welcome = a.commit(rng(b"reuse2"), remove=[2], add=[m[3].key_package])
+    assert welcome is not None
+    assert b.process(wire(msg)) == CommitApplied(2, 0)
+    assert c.process(wire(msg)) == CommitApplied(2, 0, removed=True)
+    d = m[3].join(welcome)
+    assert d.leaf_index == 2
+    assert_in_sync([a, b, d])
+    with pytest.raises(LocalError):
+        c.protect(b"x", rng(b"reuse3"))
+
+
 def test_join_rejects_wrong_tree_hash() -> None:
     alice, bob = Member("alice"), Member("bob")
     a = alice.create()

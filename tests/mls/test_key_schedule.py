@@ -110,12 +110,21 @@ def test_external_init_round_trip() -> None:
     assert other != init_secret
 
 
-def test_external_init_not_available_for_xwing() -> None:
+def test_external_init_round_trip_xwing() -> None:
     from sealwire.mls.crypto import SEALWIRE_256_XWING_AES256GCM_SHA256_Ed25519 as XWING
-    from sealwire.mls.errors import UnsupportedError
+    from sealwire.mls.errors import CryptoError
 
-    priv, pub = XWING.derive_hpke_key_pair(bytes(32))
-    with pytest.raises(UnsupportedError):
-        ks.external_init_sender(XWING, pub, randomness=bytes(32))
-    with pytest.raises(UnsupportedError):
-        ks.external_init_receiver(XWING, priv, bytes(1120))
+    secrets = ks.key_schedule(XWING, bytes(32), bytes(32), bytes(32), b"gc")
+    priv, pub = ks.external_key_pair(XWING, secrets.external_secret)
+    kem_output, init_secret = ks.external_init_sender(XWING, pub, randomness=bytes([5]) * 32)
+    assert len(kem_output) == 1120 and len(init_secret) == 32
+    assert ks.external_init_receiver(XWING, priv, kem_output) == init_secret
+    # ML-KEM's encapsulation randomness is fresh (pyca draws it): a second join differs.
+    assert ks.external_init_sender(XWING, pub, randomness=bytes([5]) * 32)[1] != init_secret
+    other = XWING.hpke_export_receiver(priv, kem_output, b"", b"MLS 1.0 other", 32)
+    assert other != init_secret
+    for bad in (bytes(1120), kem_output[:-1], bytes(32)):
+        with pytest.raises(CryptoError):
+            ks.external_init_receiver(XWING, priv, bad)
+    with pytest.raises(CryptoError):
+        ks.external_init_sender(XWING, pub[:-1], randomness=bytes(32))

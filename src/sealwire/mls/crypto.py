@@ -19,7 +19,7 @@ Supported suites (everything else raises :class:`~sealwire.mls.errors.Unsupporte
 =======  =============================================================  ================
  0x0001   MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519                    ours (hpke.py)
  0x0003   MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519             ours (hpke.py)
- 0xF0A1   SEALWIRE_256_XWING_AES256GCM_SHA256_Ed25519 (private use)       pyca
+ 0xF0A1   SEALWIRE_256_XWING_AES256GCM_SHA256_Ed25519 (private use)       pyca + xwing.py
 =======  =============================================================  ================
 
 Why a private-use value for X-Wing: the only MLS code point for X-Wing we found (0x004D, used
@@ -28,14 +28,22 @@ ChaCha20Poly1305, and draft-ietf-mls-pq-ciphersuites had no IANA-assigned value 
 AES-256-GCM/SHA-256/Ed25519. RFC 9420 §17.1 reserves 0xF000-0xFFFF for private use; move to the
 registered value once one exists.
 
-Randomness is never read here, with one documented exception: pyca's HPKE for X-Wing draws its
-own encapsulation randomness from the OS (its API cannot take it), so
-:meth:`CipherSuite.encrypt_with_label` is not deterministic for that suite; the ``randomness``
-argument is still required for a uniform API and is unused there.
+For X-Wing, ``EncryptWithLabel``/``DecryptWithLabel`` use pyca's HPKE; the HPKE exporter of
+external joins (:meth:`CipherSuite.hpke_export_sender` / ``hpke_export_receiver``, RFC 9420 §8.3),
+which pyca lacks, uses :mod:`.xwing`: X-Wing composed from pyca's ML-KEM-768 and X25519 as HPKE
+KEM 0x647A under our own RFC 9180 key schedule (:mod:`.hpke`). The two interoperate.
+
+Randomness is never read here, with one documented exception: ML-KEM-768 encapsulation in pyca
+draws its randomness from the OS (its API cannot take it). So for X-Wing
+:meth:`CipherSuite.encrypt_with_label` is not deterministic, and its ``randomness`` argument is
+required for a uniform API but unused (pyca's HPKE draws all its randomness); and
+:meth:`CipherSuite.hpke_export_sender` takes the X25519 ephemeral key from ``randomness`` while
+the ML-KEM half stays OS-random, so its output is not reproducible either.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -45,7 +53,7 @@ from cryptography.hazmat.primitives import hpke as pyca_hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from . import hpke
+from . import hpke, xwing
 from ._tls import Writer
 from .errors import CryptoError, LocalError, UnsupportedError
 
@@ -138,13 +146,8 @@ def _as_bytes(label: str | bytes) -> bytes:
 
 
 def _xwing_expand(seed: bytes) -> tuple[mlkem.MLKEM768PrivateKey, x25519.X25519PrivateKey]:
-    if len(seed) != XWING_PRIVATE_KEY_SIZE:
-        raise LocalError("an X-Wing private key is a 32-byte seed")
-    expanded = hashlib.shake_256(seed).digest(96)
-    return (
-        mlkem.MLKEM768PrivateKey.from_seed_bytes(expanded[:64]),
-        x25519.X25519PrivateKey.from_private_bytes(expanded[64:]),
-    )
+    # One key expansion for pyca's HPKE and ours: SHAKE256(seed, 96) -> ML-KEM d || z, X25519.
+    return xwing.expand_private_key(seed)
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ class CipherSuite:
 
     def mac(self, key: bytes, data: bytes) -> bytes:
         """``MAC(key, data)``: HMAC with the suite's hash (RFC 9420 §5.1, §6.2, §6.1)."""
-        return hmac.new(key, data, hashlib.sha256).digest()
+        return hmac.digest(key, data, "sha256")
 
     def verify_mac(self, key: bytes, data: bytes, tag: bytes) -> bool:
         """Constant-time check of a :meth:`mac` tag (confirmation and membership tags)."""
@@ -282,7 +285,9 @@ class CipherSuite:
 
     @property
     def _hpke(self) -> hpke.HPKESuite:
-        return hpke.HPKESuite(aead_id=self.aead.hpke_id)
+        if self.xwing:
+            return xwing.hpke_suite(self.aead.hpke_id)
+        return _hpke_suite(self.aead.hpke_id)
 
     def derive_hpke_key_pair(self, ikm: bytes) -> tuple[bytes, bytes]:
         """HPKE ``DeriveKeyPair(ikm)`` (RFC 9180 §7.1.3; RFC 9420 §7.4 node keys).
@@ -382,18 +387,20 @@ class CipherSuite:
     ) -> tuple[bytes, bytes]:
         """``SetupBaseS(pk, info)`` then ``Export(exporter_context, length)`` (RFC 9180 §5.3).
 
-        MLS uses this for external joins (RFC 9420 §8.3).
+        MLS uses this for external joins (RFC 9420 §8.3). For X-Wing this is :mod:`.xwing`'s
+        HPKE (pyca's has no exporter).
+
+        Args:
+            randomness: 32 fresh random bytes: ``ikmE`` for DHKEM(X25519), the X25519 ephemeral
+                key for X-Wing (whose ML-KEM randomness pyca draws from the OS).
 
         Returns:
             ``(kem_output, exported_secret)``.
 
         Raises:
-            UnsupportedError: the X-Wing suite (pyca's HPKE has no exporter interface).
             CryptoError: ``public_key`` is not a valid key for this suite.
         """
-        if self.xwing:
-            raise UnsupportedError("HPKE export is not available for the X-Wing suite")
-        if len(public_key) != hpke.HPKESuite.Npk:
+        if len(public_key) != self._hpke.Npk:
             raise CryptoError("invalid HPKE public key")
         enc, ctx = self._hpke.setup_base_s(public_key, info, ikm_e=randomness)
         return enc, ctx.export(exporter_context, length)
@@ -409,12 +416,9 @@ class CipherSuite:
         """``SetupBaseR(enc, sk, info)`` then ``Export(exporter_context, length)`` (§5.3).
 
         Raises:
-            UnsupportedError: the X-Wing suite.
             CryptoError: ``kem_output`` is malformed.
         """
-        if self.xwing:
-            raise UnsupportedError("HPKE export is not available for the X-Wing suite")
-        if len(kem_output) != hpke.HPKESuite.Nenc:
+        if len(kem_output) != self._hpke.Nenc:
             raise CryptoError("invalid kem_output")
         return self._hpke.setup_base_r(kem_output, private_key, info).export(
             exporter_context, length
@@ -430,6 +434,11 @@ class CipherSuite:
         except ValueError:
             raise CryptoError("invalid HPKE public key") from None
         return pyca_hpke.MLKEM768X25519PublicKey(m, x)
+
+
+@functools.cache
+def _hpke_suite(aead_id: int) -> hpke.HPKESuite:
+    return hpke.HPKESuite(aead_id=aead_id)
 
 
 _XWING_HPKE = pyca_hpke.Suite(

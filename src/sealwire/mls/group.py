@@ -17,8 +17,8 @@ documented limit rather than a silent gap:
   sends ExternalInit, an optional Remove of its own old leaf and optional external-PSK
   proposals (no resumption PSKs); a resync must keep the removed leaf's credential unchanged
   (our policy for RFC 9420 §12.2's "acceptable to the application for the removed
-  participant"); external commits are not available with the X-Wing suite (no HPKE exporter,
-  see :mod:`.key_schedule`);
+  participant"); with the X-Wing suite the HPKE ``SetupBaseS``/``Export`` of the external init
+  is :mod:`.xwing` (pyca's X-Wing HPKE has no exporter);
 * ReInit proposals, external senders and new-member proposals raise
   :class:`~sealwire.mls.errors.UnsupportedError`;
 * PSKs: external PSKs from a caller-provided table and resumption PSKs of this group's own
@@ -430,7 +430,7 @@ class Group:
                 rejected credential.
             CryptoError: the GroupInfo or a leaf signature does not verify, or ``external_pub``
                 is malformed.
-            UnsupportedError: the suite (X-Wing has no HPKE exporter).
+            UnsupportedError: the suite is not supported.
             LocalError: ``signature_priv`` does not match ``leaf``, or ``resync`` does not
                 name a leaf with our credential.
         """
@@ -692,8 +692,11 @@ class Group:
                 self.leaf_index,
             )
             recipients = []
+            by_leaf = {k.leaf_node: k for k in add}
             for idx in new_members:
-                kp = next(k for k in add if k.leaf_node == tree.leaf(idx))
+                leaf = tree.leaf(idx)
+                assert leaf is not None  # just added
+                kp = by_leaf[leaf]
                 lca = tm.common_ancestor(tm.leaf_to_node(idx), tm.leaf_to_node(self.leaf_index))
                 recipients.append((kp, path_secrets.get(lca)))
             welcome = create_welcome(
@@ -788,8 +791,9 @@ class Group:
             raise ValidationError("commit lacks a required UpdatePath")  # RFC 9420 §12.4
         tree = self.tree.copy()
         new_members, extensions, psk_ids = self._apply_proposals(tree, proposals, committer, now)
-        if self.leaf_index >= tree.n_leaves or tree.leaf(self.leaf_index) is None:
-            # RFC 9420 §12.4.2: a removed member stops here; it cannot decrypt the path.
+        if any(isinstance(p, Remove) and p.removed == self.leaf_index for p, _ in proposals):
+            # RFC 9420 §12.4.2: a removed member stops here; it cannot decrypt the path. (Ask
+            # the proposals, not the new tree: an Add in the same commit may reuse our leaf.)
             self.active = False
             return CommitApplied(self.epoch + 1, committer, removed=True)
         commit_secret = zero_secret(suite)

@@ -14,7 +14,7 @@ there). Every failure to open is one opaque :class:`~sealwire.mls.errors.CryptoE
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import hmac
 from dataclasses import dataclass, field
 
@@ -57,7 +57,7 @@ def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
 
     An empty salt means ``HashLen`` zero bytes, which HMAC pads to the same key.
     """
-    return hmac.new(salt, ikm, hashlib.sha256).digest()
+    return hmac.digest(salt, ikm, "sha256")
 
 
 def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
@@ -72,7 +72,7 @@ def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
     block = b""
     counter = 1
     while len(out) < length:
-        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
         out += block
         counter += 1
     return bytes(out[:length])
@@ -190,6 +190,12 @@ class HPKESuite:
         sid = self.suite_id if suite_id is None else suite_id
         return hkdf_extract(salt, _VERSION_LABEL + sid + label + ikm)
 
+    def _unsalted_extract(self, label: bytes, ikm: bytes) -> bytes:
+        # LabeledExtract("", label, ikm) of public inputs only (psk_id_hash, info_hash): a
+        # pure function, memoised because MLS seals many times under one info (one commit's
+        # EncryptContext).
+        return _unsalted_labeled_extract(self.suite_id, label, ikm)
+
     def labeled_expand(
         self, prk: bytes, label: bytes, info: bytes, length: int, *, suite_id: bytes | None = None
     ) -> bytes:
@@ -221,11 +227,13 @@ class HPKESuite:
             raise LocalError("invalid X25519 private key") from exc
         return priv.public_key().public_bytes_raw()
 
-    def _dh(self, private_key: bytes, public_key: bytes) -> bytes:
+    @staticmethod
+    def _dh(private_key: bytes, public_key: bytes) -> tuple[bytes, bytes]:
+        """``(DH(sk, pk), pk(sk))``: one key object serves both (RFC 9180 §4.1)."""
         try:
             priv = x25519.X25519PrivateKey.from_private_bytes(private_key)
             pub = x25519.X25519PublicKey.from_public_bytes(public_key)
-            return priv.exchange(pub)
+            return priv.exchange(pub), priv.public_key().public_bytes_raw()
         except ValueError:
             # Wrong length or an all-zero shared secret (small-order point): RFC 9180 §7.1.4.
             raise CryptoError("decryption failed") from None
@@ -243,26 +251,42 @@ class HPKESuite:
         Returns:
             ``(shared_secret, enc)``.
         """
-        sk_e, pk_e = self.derive_key_pair(ikm_e)
-        dh = self._dh(sk_e, pk_r)
+        if len(ikm_e) < self.Nsk:
+            raise LocalError("DeriveKeyPair input keying material shorter than Nsk")
+        kid = self._kem_suite_id
+        dkp_prk = self.labeled_extract(b"", b"dkp_prk", ikm_e, suite_id=kid)
+        sk_e = self.labeled_expand(dkp_prk, b"sk", b"", self.Nsk, suite_id=kid)
+        # DeriveKeyPair (RFC 9180 §7.1.3) inlined: pkE comes with the DH from one key object.
+        dh, pk_e = self._dh(sk_e, pk_r)
         return self._extract_and_expand(dh, pk_e + pk_r), pk_e
 
     def decap(self, enc: bytes, sk_r: bytes) -> bytes:
         """``Decap(enc, skR)`` (RFC 9180 §4.1). Raises CryptoError on an invalid ``enc``."""
-        dh = self._dh(sk_r, enc)
-        return self._extract_and_expand(dh, enc + self.public_key(sk_r))
+        dh, pk_r = self._dh(sk_r, enc)
+        return self._extract_and_expand(dh, enc + pk_r)
 
     # RFC 9180 §5.1: the key schedule (base mode: empty psk and psk_id).
+    def _schedule(self, shared_secret: bytes, info: bytes) -> tuple[bytes, bytes]:
+        # RFC 9180 §5.1 mode_base: (secret, key_schedule_context).
+        psk_id_hash = self._unsalted_extract(b"psk_id_hash", b"")
+        info_hash = self._unsalted_extract(b"info_hash", info)
+        ks_context = bytes([_MODE_BASE]) + psk_id_hash + info_hash
+        return self.labeled_extract(shared_secret, b"secret", b""), ks_context
+
+    def _key_nonce(self, secret: bytes, ks_context: bytes) -> tuple[bytes, bytes]:
+        return (
+            self.labeled_expand(secret, b"key", ks_context, self.Nk),
+            self.labeled_expand(secret, b"base_nonce", ks_context, self.Nn),
+        )
+
     def key_schedule(self, shared_secret: bytes, info: bytes) -> Context:
         """``KeyScheduleS/R`` in mode_base (RFC 9180 §5.1)."""
-        psk_id_hash = self.labeled_extract(b"", b"psk_id_hash", b"")
-        info_hash = self.labeled_extract(b"", b"info_hash", info)
-        ks_context = bytes([_MODE_BASE]) + psk_id_hash + info_hash
-        secret = self.labeled_extract(shared_secret, b"secret", b"")
+        secret, ks_context = self._schedule(shared_secret, info)
+        key, base_nonce = self._key_nonce(secret, ks_context)
         return Context(
             aead_id=self.aead_id,
-            key=self.labeled_expand(secret, b"key", ks_context, self.Nk),
-            base_nonce=self.labeled_expand(secret, b"base_nonce", ks_context, self.Nn),
+            key=key,
+            base_nonce=base_nonce,
             exporter_secret=self.labeled_expand(secret, b"exp", ks_context, _NH),
             _suite=self,
         )
@@ -280,8 +304,10 @@ class HPKESuite:
         self, pk_r: bytes, info: bytes, aad: bytes, pt: bytes, *, ikm_e: bytes
     ) -> tuple[bytes, bytes]:
         """Single-shot ``SealBase`` (RFC 9180 §6.1). Returns ``(enc, ciphertext)``."""
-        enc, ctx = self.setup_base_s(pk_r, info, ikm_e=ikm_e)
-        return enc, ctx.seal(aad, pt)
+        shared_secret, enc = self.encap(pk_r, ikm_e=ikm_e)
+        # One message at sequence 0, whose nonce is base_nonce; no exporter secret needed.
+        key, base_nonce = self._key_nonce(*self._schedule(shared_secret, info))
+        return enc, _aead_seal(self.aead_id, key, base_nonce, aad, pt)
 
     def open_base(self, enc: bytes, sk_r: bytes, info: bytes, aad: bytes, ct: bytes) -> bytes:
         """Single-shot ``OpenBase`` (RFC 9180 §6.1).
@@ -289,4 +315,10 @@ class HPKESuite:
         Raises:
             CryptoError: ``enc`` is invalid or authentication failed (one opaque error).
         """
-        return self.setup_base_r(enc, sk_r, info).open(aad, ct)
+        key, base_nonce = self._key_nonce(*self._schedule(self.decap(enc, sk_r), info))
+        return _aead_open(self.aead_id, key, base_nonce, aad, ct)
+
+
+@functools.lru_cache(maxsize=64)
+def _unsalted_labeled_extract(suite_id: bytes, label: bytes, ikm: bytes) -> bytes:
+    return hkdf_extract(b"", _VERSION_LABEL + suite_id + label + ikm)

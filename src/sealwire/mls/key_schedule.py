@@ -181,8 +181,11 @@ def external_init_sender(
     Returns:
         ``(kem_output, init_secret)``: ``kem_output`` goes into the ExternalInit proposal.
 
+    For the X-Wing suite the ML-KEM-768 half of ``kem_output`` takes its randomness from the
+    OS (through pyca), so only the X25519 half comes from ``randomness`` (see :mod:`.xwing`).
+
     Raises:
-        UnsupportedError: the X-Wing suite (no HPKE exporter available).
+        CryptoError: ``external_pub`` is malformed.
     """
     return suite.hpke_export_sender(
         external_pub, b"", _EXTERNAL_INIT_LABEL, suite.kdf.Nh, randomness=randomness
@@ -190,7 +193,11 @@ def external_init_sender(
 
 
 def external_init_receiver(suite: CipherSuite, external_priv: bytes, kem_output: bytes) -> bytes:
-    """The members' side of an external join: ``init_secret`` from ``kem_output`` (§8.3)."""
+    """The members' side of an external join: ``init_secret`` from ``kem_output`` (§8.3).
+
+    Raises:
+        CryptoError: ``kem_output`` is malformed (wrong size, a refused X25519 point).
+    """
     return suite.hpke_export_receiver(
         external_priv, kem_output, b"", _EXTERNAL_INIT_LABEL, suite.kdf.Nh
     )

@@ -47,6 +47,10 @@ def _full_leaf_count(n_nodes: int) -> int:
 class RatchetTree:
     """A ratchet tree: node ``i`` is ``nodes[i]`` (``None`` when blank).
 
+    The nodes are private and change only through the methods below, each of which drops the
+    cached tree hashes and resolutions of the changed node and of its ancestors (:meth:`_set`,
+    :meth:`_resize`); see :meth:`tree_hash` and :meth:`resolution`.
+
     Args:
         nodes: the nodes, possibly without trailing blanks; they are padded to full width.
 
@@ -54,18 +58,29 @@ class RatchetTree:
         ValidationError: a leaf position holds a parent node or vice versa.
     """
 
-    __slots__ = ("_hash_cache", "nodes")
+    __slots__ = ("_hash_suite", "_hashes", "_nodes", "_resolutions")
 
     def __init__(self, nodes: Sequence[Node | None] = ()) -> None:
         n = _full_leaf_count(len(nodes)) if nodes else 0
-        self.nodes: list[Node | None] = list(nodes) + [None] * (tm.node_width(n) - len(nodes))
-        for i, node in enumerate(self.nodes):
+        self._nodes: list[Node | None] = list(nodes) + [None] * (tm.node_width(n) - len(nodes))
+        for i, node in enumerate(self._nodes):
             if node is None:
                 continue
             # RFC 9420 §7.8: leaves at even indices, parents at odd ones.
             if (node.leaf is not None) != tm.is_leaf(i):
                 raise ValidationError(f"node {i} has the wrong node type")
-        self._hash_cache: dict[int, bytes] = {}
+        # _hashes[x] is the tree hash of the subtree at x under _hash_suite, _resolutions[x] the
+        # resolution of x; None when not known. Both depend on x's subtree only, so a cached
+        # value equals a computation from scratch as long as every change of a node y clears
+        # the entries of y and of all its ancestors (the only nodes whose subtree holds y).
+        self._hashes: list[bytes | None] = [None] * len(self._nodes)
+        self._hash_suite: CipherSuite | None = None
+        self._resolutions: list[tuple[int, ...] | None] = [None] * len(self._nodes)
+
+    @property
+    def nodes(self) -> tuple[Node | None, ...]:
+        """The nodes in node order, full width (a snapshot: change them with the methods)."""
+        return tuple(self._nodes)
 
     # -- wire form ----------------------------------------------------------------------------
 
@@ -89,35 +104,40 @@ class RatchetTree:
         return w.bytes()
 
     def _trimmed(self) -> list[Node | None]:
-        end = len(self.nodes)
-        while end and self.nodes[end - 1] is None:
+        end = len(self._nodes)
+        while end and self._nodes[end - 1] is None:
             end -= 1
-        return self.nodes[:end]
+        return self._nodes[:end]
 
     def copy(self) -> RatchetTree:
-        """A copy sharing the (immutable) nodes."""
-        return RatchetTree(self.nodes)
+        """An independent copy sharing the immutable nodes and cached values (bytes, tuples)."""
+        other = RatchetTree.__new__(RatchetTree)
+        other._nodes = list(self._nodes)
+        other._hashes = list(self._hashes)
+        other._hash_suite = self._hash_suite
+        other._resolutions = list(self._resolutions)
+        return other
 
     # -- accessors ----------------------------------------------------------------------------
 
     @property
     def n_leaves(self) -> int:
         """Leaf count of the full tree (a power of two, or 0)."""
-        return (len(self.nodes) + 1) // 2
+        return (len(self._nodes) + 1) // 2
 
     def leaf(self, leaf_index: int) -> LeafNode | None:
         """The leaf node at ``leaf_index`` or ``None`` if blank."""
-        node = self.nodes[tm.leaf_to_node(leaf_index)]
+        node = self._nodes[tm.leaf_to_node(leaf_index)]
         return None if node is None else node.leaf
 
     def parent_node(self, node_index: int) -> ParentNode | None:
         """The parent node at node index ``node_index`` or ``None`` if blank."""
-        node = self.nodes[node_index]
+        node = self._nodes[node_index]
         return None if node is None else node.parent
 
     def encryption_key(self, node_index: int) -> bytes | None:
         """The HPKE public key held at ``node_index`` (leaf or parent), ``None`` if blank."""
-        node = self.nodes[node_index] if node_index < len(self.nodes) else None
+        node = self._nodes[node_index] if node_index < len(self._nodes) else None
         if node is None:
             return None
         if node.leaf is not None:
@@ -132,9 +152,42 @@ class RatchetTree:
             if leaf is not None:
                 yield i, leaf
 
+    # -- the only mutators of _nodes ----------------------------------------------------------
+
     def _set(self, index: int, node: Node | None) -> None:
-        self.nodes[index] = node
-        self._hash_cache.clear()
+        self._nodes[index] = node
+        # The subtrees that contain `index` are those of its ancestors: drop their entries.
+        hashes = self._hashes
+        resolutions = self._resolutions
+        x = index
+        k = tm.level(x)
+        top = tm.root(self.n_leaves)
+        while True:
+            hashes[x] = None
+            resolutions[x] = None
+            if x == top:
+                break
+            x = (x | (1 << k)) & ~(1 << (k + 1))  # parent (Appendix C), at level k + 1
+            k += 1
+
+    def _resize(self, n_leaves: int) -> None:
+        """Grow with blank nodes or cut to the width of ``n_leaves`` leaves (RFC 9420 §7.7).
+
+        Nodes that stay keep their subtree, hence their cached values; a new root starts
+        uncached.
+        """
+        width = tm.node_width(n_leaves)
+        if width >= len(self._nodes):
+            grow = width - len(self._nodes)
+            self._nodes += [None] * grow
+            self._hashes += [None] * grow
+            self._resolutions += [None] * grow
+        else:
+            del self._nodes[width:]
+            del self._hashes[width:]
+            del self._resolutions[width:]
+
+    # -- node updates -------------------------------------------------------------------------
 
     def set_leaf(self, leaf_index: int, leaf: LeafNode | None) -> None:
         """Replace (or blank) the leaf at ``leaf_index``."""
@@ -173,39 +226,58 @@ class RatchetTree:
         Returns:
             Node indices, left to right.
         """
-        node = self.nodes[x]
-        if node is not None:
-            out = [] if x in exclude else [x]
-            if node.parent is not None:
-                out += [
-                    tm.leaf_to_node(i)
-                    for i in node.parent.unmerged_leaves
-                    if tm.leaf_to_node(i) not in exclude
-                ]
-            return out
-        if tm.is_leaf(x):
-            return []
-        return self.resolution(tm.left(x), exclude) + self.resolution(tm.right(x), exclude)
+        full = self._resolution(x)
+        return [y for y in full if y not in exclude] if exclude else list(full)
+
+    def _resolution(self, x: int) -> tuple[int, ...]:
+        # Cached per node (see __init__): a blank subtree costs its size once, not per call.
+        # Excluding nodes commutes with the recursion, so `resolution` filters afterwards.
+        cached = self._resolutions[x]
+        if cached is None:
+            node = self._nodes[x]
+            if node is not None:
+                cached = (x,)
+                if node.parent is not None:
+                    cached += tuple(tm.leaf_to_node(i) for i in node.parent.unmerged_leaves)
+            elif tm.is_leaf(x):
+                cached = ()
+            else:
+                cached = self._resolution(tm.left(x)) + self._resolution(tm.right(x))
+            self._resolutions[x] = cached
+        return cached
 
     # -- tree hash (RFC 9420 §7.8) ------------------------------------------------------------
 
     def tree_hash(self, suite: CipherSuite, x: int | None = None) -> bytes:
-        """The tree hash of the subtree at node ``x`` (default: the root; RFC 9420 §7.8)."""
-        if not self.nodes:
+        """The tree hash of the subtree at node ``x`` (default: the root; RFC 9420 §7.8).
+
+        Subtree hashes are cached per node and dropped along the path of every change, so
+        after a change of ``k`` nodes the root hash costs ``O(k log n)`` hashes.
+        """
+        if not self._nodes:
             raise LocalError("an empty tree has no hash")
         if x is None:
             x = tm.root(self.n_leaves)
-        cached = self._hash_cache.get(x)
-        if cached is None:
-            cached = self._tree_hash(suite, x, frozenset())
-            self._hash_cache[x] = cached
-        return cached
+        self._bind(suite)
+        return self._cached_hash(suite, x)
 
-    def _tree_hash(self, suite: CipherSuite, x: int, removed: frozenset[int]) -> bytes:
-        # `removed` (leaf indices) implements the "original sibling" tree of §7.9.1.
-        if not removed and x in self._hash_cache:
-            return self._hash_cache[x]
-        node = self.nodes[x]
+    def _bind(self, suite: CipherSuite) -> None:
+        # The cache holds hashes under one suite; another suite starts it afresh.
+        if suite != self._hash_suite:
+            self._hashes = [None] * len(self._nodes)
+            self._hash_suite = suite
+
+    def _cached_hash(self, suite: CipherSuite, x: int) -> bytes:
+        digest = self._hashes[x]
+        if digest is None:
+            digest = self._compute_hash(suite, x, frozenset())
+            self._hashes[x] = digest
+        return digest
+
+    def _compute_hash(self, suite: CipherSuite, x: int, removed: frozenset[int]) -> bytes:
+        # `removed` (leaf indices) implements the "original sibling" tree of §7.9.1: those
+        # leaves blanked and dropped from every unmerged_leaves list.
+        node = self._nodes[x]
         w = Writer()
         if tm.is_leaf(x):
             leaf_index = tm.node_to_leaf(x)
@@ -217,12 +289,19 @@ class RatchetTree:
                 kept = tuple(i for i in parent.unmerged_leaves if i not in removed)
                 parent = replace(parent, unmerged_leaves=kept)
             w.u8(NodeType.PARENT).optional(parent, _write)
-            w.opaque(self._tree_hash(suite, tm.left(x), removed))
-            w.opaque(self._tree_hash(suite, tm.right(x), removed))
-        digest = suite.hash(w.bytes())
-        if not removed:
-            self._hash_cache[x] = digest
-        return digest
+            w.opaque(self._subtree_hash(suite, tm.left(x), removed))
+            w.opaque(self._subtree_hash(suite, tm.right(x), removed))
+        return suite.hash(w.bytes())
+
+    def _subtree_hash(self, suite: CipherSuite, x: int, removed: frozenset[int]) -> bytes:
+        """Tree hash of ``x`` with ``removed`` leaves taken out; a subtree holding none of
+        them has its ordinary (cached) hash."""
+        if removed:
+            k = tm.level(x)
+            lo = (x >> (k + 1)) << k  # leaves lo .. lo + 2^k - 1 are below x
+            if any(lo <= i < lo + (1 << k) for i in removed):
+                return self._compute_hash(suite, x, removed)
+        return self._cached_hash(suite, x)
 
     # -- parent hash (RFC 9420 §7.9) ----------------------------------------------------------
 
@@ -236,12 +315,13 @@ class RatchetTree:
         parent = self.parent_node(p)
         if parent is None:
             raise LocalError(f"parent node {p} is blank")
-        sibling_hash = self._tree_hash(suite, copath_child, frozenset(parent.unmerged_leaves))
+        self._bind(suite)
+        sibling_hash = self._subtree_hash(suite, copath_child, frozenset(parent.unmerged_leaves))
         w = Writer().opaque(parent.encryption_key).opaque(parent.parent_hash)
         return suite.hash(w.opaque(sibling_hash).bytes())
 
     def _node_parent_hash(self, x: int) -> bytes | None:
-        node = self.nodes[x]
+        node = self._nodes[x]
         if node is None:
             return None
         if node.parent is not None:
@@ -256,7 +336,7 @@ class RatchetTree:
         resolution of ``C`` that is not among ``P``'s unmerged leaves carries
         ``ParentHash(P, S)``.
         """
-        for p in range(1, len(self.nodes), 2):
+        for p in range(1, len(self._nodes), 2):
             parent = self.parent_node(p)
             if parent is None:
                 continue
@@ -297,11 +377,12 @@ class RatchetTree:
         Returns:
             The new leaf's index.
         """
-        index = next((i for i in range(self.n_leaves) if self.leaf(i) is None), None)
+        nodes = self._nodes
+        index = next((x // 2 for x in range(0, len(nodes), 2) if nodes[x] is None), None)
         if index is None:
             # RFC 9420 §7.7: double the tree; the old root becomes the new root's left child.
             index = self.n_leaves
-            self.nodes += [None] * (len(self.nodes) + 1) if self.nodes else [None]
+            self._resize(2 * index if index else 1)
         self.set_leaf(index, leaf)
         for p in self.direct_path(index):
             parent = self.parent_node(p)
@@ -338,8 +419,7 @@ class RatchetTree:
             half = self.n_leaves // 2
             if any(self.leaf(i) is not None for i in range(half, self.n_leaves)):
                 break
-            self.nodes = self.nodes[: tm.node_width(half)]
-            self._hash_cache.clear()
+            self._resize(half)
 
 
 def verify_leaf_signature(

@@ -72,13 +72,22 @@ def derive_path_secrets(
     Returns:
         ``(path_secrets, private_keys, commit_secret)``, the dicts keyed by node index.
     """
+    secrets, keys, _, commit_secret = _derive_path(suite, nodes, start, secret)
+    return secrets, keys, commit_secret
+
+
+def _derive_path(
+    suite: CipherSuite, nodes: list[int], start: int, secret: bytes
+) -> tuple[dict[int, bytes], dict[int, bytes], dict[int, bytes], bytes]:
+    # derive_path_secrets, also returning the public keys (derived once, with the private).
     secrets: dict[int, bytes] = {}
     keys: dict[int, bytes] = {}
+    public: dict[int, bytes] = {}
     for p in nodes[start:]:
         secrets[p] = secret
-        keys[p] = node_key_pair(suite, secret)[0]
+        keys[p], public[p] = node_key_pair(suite, secret)
         secret = suite.derive_secret(secret, "path")
-    return secrets, keys, secret
+    return secrets, keys, public, secret
 
 
 def _merge_path(
@@ -137,8 +146,8 @@ def create_update_path(
     """
     filtered = tree.filtered_direct_path(sender)
     nodes = [p for p, _ in filtered]
-    secrets, keys, commit_secret = derive_path_secrets(suite, nodes, 0, path_secret)
-    public_keys = [suite.hpke_public_key(keys[p]) for p in nodes]
+    secrets, keys, public, commit_secret = _derive_path(suite, nodes, 0, path_secret)
+    public_keys = [public[p] for p in nodes]
     filtered, leaf_parent_hash = _merge_path(suite, tree, sender, public_keys)
     leaf_priv, leaf_pub = suite.derive_hpke_key_pair(leaf_secret)
     new_leaf = replace(
@@ -238,10 +247,10 @@ def apply_update_path(
             private_keys[resolution[j]], _LABEL, context, ct.kem_output, ct.ciphertext
         )
         nodes = [q for q, _ in filtered]
-        secrets, keys, commit_secret = derive_path_secrets(suite, nodes, i, secret)
+        secrets, keys, public, commit_secret = _derive_path(suite, nodes, i, secret)
         for q, sent in zip(nodes[i:], path.nodes[i:], strict=True):
             # RFC 9420 §12.4.2: the derived public keys must match those sent.
-            if suite.hpke_public_key(keys[q]) != sent.encryption_key:
+            if public[q] != sent.encryption_key:
                 raise CryptoError("derived path key does not match the UpdatePath")
         return PathResult(commit_secret, keys, secrets)
     raise ValidationError("receiver is not below the sender's filtered direct path")
