@@ -164,6 +164,19 @@ def test_chain_verifier_caches_but_rechecks_time_and_role() -> None:
         verifier.verify([], now=NOW)
 
 
+def test_chain_verifier_reports_the_earliest_expiry_of_the_chain() -> None:
+    org = make_org()
+    short = org.device(11, not_after=NOW + DAY)
+    long = org.device(12, not_after=NOW + 400 * DAY)  # outlives the server's certificate
+    verifier = ChainVerifier({org.id: org.root.public_key})
+    with pytest.raises(KeyError):
+        verifier.valid_until(short.chain)
+    verifier.verify(short.chain, now=NOW)
+    verifier.verify(long.chain, now=NOW)
+    assert verifier.valid_until(short.chain) == NOW + DAY
+    assert verifier.valid_until(long.chain) == org.server_cert.body.not_after == NOW + 365 * DAY
+
+
 def test_signed_prekeys() -> None:
     dev_key = key(20)
     xk = XWingPrivateKey(b"\x21" * 32)

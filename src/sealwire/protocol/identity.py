@@ -291,6 +291,14 @@ class ChainVerifier:
         self._cache[key] = (leaf, not_before, not_after)
         return leaf
 
+    def valid_until(self, chain: Sequence[bytes]) -> int:
+        """The earliest ``not_after`` of a chain that :meth:`verify` has just accepted.
+
+        Raises:
+            KeyError: if ``chain`` has not been verified (or was evicted since).
+        """
+        return self._cache[tuple(chain)][2]
+
 
 @dataclass(frozen=True)
 class Prekey(Struct):

@@ -1064,14 +1064,16 @@ class RelaySession(_Machine[RelayState]):
         """Check the chain and the proof of possession; every failure is ``auth-failed``."""
         seconds = now // 1000
         try:
-            try:
-                certs = [Certificate.parse(c) for c in auth.chain]
-            except DecodeError as exc:
-                raise InvalidCertificate(f"undecodable certificate: {exc.reason}") from None
             if auth.root is not None:
+                try:
+                    certs = [Certificate.parse(c) for c in auth.chain]
+                except DecodeError as exc:
+                    raise InvalidCertificate(f"undecodable certificate: {exc.reason}") from None
                 leaf = verify_chain(certs, root_key=auth.root, now=seconds, role=Role.SERVER)
+                valid_until = min(c.body.not_after for c in certs)
             else:
                 leaf = self._verifier.verify(auth.chain, now=seconds, role=Role.DEVICE)
+                valid_until = self._verifier.valid_until(auth.chain)
         except InvalidCertificate as exc:
             raise _Violation(ErrorCode.AUTH_FAILED, str(exc)) from None
         address = leaf.body.subject
@@ -1091,7 +1093,7 @@ class RelaySession(_Machine[RelayState]):
             certificate=leaf,
             root=auth.root,
             # The session may last only while every certificate of the chain is valid.
-            valid_until=min(c.body.not_after for c in certs),
+            valid_until=valid_until,
         )
 
     def _track(self, ref: int) -> None:
