@@ -32,6 +32,7 @@ test: lint typecheck pytest
 bench: $(VENV)/.installed
 	$(BIN)/python bench/crypto.py
 	$(BIN)/python bench/mls.py
+	$(BIN)/python bench/relay.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

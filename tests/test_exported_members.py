@@ -7,6 +7,20 @@ import importlib
 import pytest
 
 EXPECTED = {
+    "sealwire.relay.backend": {
+        "DEFAULT_LIFETIME_MS",
+        "ActivationRoute",
+        "BackendListener",
+        "ExpiryNotice",
+        "QueueLimits",
+        "RelayBackend",
+        "StoredEnvelope",
+    },
+    "sealwire.relay.config": {"ENV_PREFIX", "RelayServiceConfig", "load_config"},
+    "sealwire.relay.service": {"Relay", "make_backend"},
+    "sealwire.relay.metrics": {"RelayMetrics"},
+    "sealwire.transport": {"RelayConnection", "RequestRefused", "SessionEnded"},
+    "sealwire.logs": {"JsonFormatter", "configure_logging"},
     "sealwire.protocol.pake": {
         "CONFIRMATION_AAD",
         "CONFIRMATION_SIZE",
@@ -121,6 +135,7 @@ EXPECTED = {
         "InvalidEnvelope",
         "InvalidSignature",
         "LocalProtocolError",
+        "QueueFull",
         "RemoteProtocolError",
         "SealwireError",
         "StorageError",

@@ -13,6 +13,7 @@ Every exception the package raises on purpose is a :class:`SealwireError`::
     │   └── ActivationFailed      the activation PAKE did not confirm (wrong password or attack)
     ├── TransportError            a connection could not be made or broke
     ├── StorageError              the database or a file store failed
+    │   └── QueueFull             a relay queue is at its count or byte limit
     └── ConfigError               a configuration value is missing or invalid
 
 ``sealwire.mls`` is a self-contained library (RFC 9420) and keeps its own tree rooted at
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidEnvelope",
     "InvalidSignature",
     "LocalProtocolError",
+    "QueueFull",
     "RemoteProtocolError",
     "SealwireError",
     "StorageError",
@@ -113,6 +115,13 @@ class TransportError(SealwireError):
 
 class StorageError(SealwireError):
     """A database or file-store operation failed."""
+
+
+class QueueFull(StorageError):
+    """A recipient's relay queue is at its limit (count or bytes); the sender may retry later.
+
+    On the wire this is the per-request code ``queue-full``.
+    """
 
 
 class ConfigError(SealwireError):

@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run a relay and an enterprise server on embedded defaults")
     up.add_argument("--data", default="./sealwire-data", help="data directory")
     up.set_defaults(func=_cmd_up)
+    from .relay import add_relay_parser
+
+    add_relay_parser(sub)
     version = sub.add_parser("version", help="print the version and protocol suite")
     version.set_defaults(func=_cmd_version)
     return parser

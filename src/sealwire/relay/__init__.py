@@ -1,0 +1,1 @@
+"""The relay service: a blind store-and-forward router for sealed envelopes (DESIGN §6)."""

@@ -1,0 +1,867 @@
+"""The embedded relay backend: one relay process, one SQLite file in WAL mode.
+
+Writes go through ONE writer thread that owns the only writing connection. Callers on the event
+loop put work items (enqueue, acknowledge, and the rarer operations) on an in-memory queue; the
+writer takes everything waiting (up to ``batch_max`` items), runs it in ONE transaction, commits
+(one fsync) and hands every caller its result in ONE loop callback. This is group commit: under
+load hundreds of enqueues share one fsync, so durability costs latency, not throughput.
+
+Reads (:meth:`SqliteBackend.pending`, :meth:`SqliteBackend.notices`) run on a second thread with
+its own connection, which WAL lets read while the writer writes. Organisations, registered
+servers and revocations are cached in memory (loaded at start, updated on the loop after each
+commit), so :meth:`~SqliteBackend.is_revoked` and friends answer without a thread hop.
+
+Quotas are exact: the writer keeps every recipient's queued count and bytes in memory (loaded
+at start), stages the changes of a batch and applies them only once the batch committed.
+
+The store holds only what the relay is given: recipient addresses, sealed envelopes, times and
+organisation ids. Nothing here logs envelope bytes or addresses.
+
+One process at a time: a second process (or a second backend in this process) opening the same
+file is refused with :class:`~sealwire.errors.StorageError`, because the in-memory quota and
+cache state would go stale (a lock file next to the database, ``<name>-lock``, holds an
+exclusive ``flock`` for the life of the backend; the kernel drops it if the process dies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import fcntl
+import functools
+import hashlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final, TypeVar, cast
+
+from sealwire.errors import LocalProtocolError, QueueFull, StorageError
+from sealwire.relay.backend import (
+    BackendListener,
+    ExpiryNotice,
+    QueueLimits,
+    RelayBackend,
+    StoredEnvelope,
+)
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteBackend"]
+
+_log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+APPLICATION_ID: Final = 0x53575251
+"""``PRAGMA application_id`` of a Sealwire relay store (ASCII ``SWRQ``), so that a database
+written by something else is refused instead of altered."""
+
+# Each step brings the schema from version ``i`` to ``i + 1`` (``PRAGMA user_version``) in one
+# transaction. Append steps; never edit a released one.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        # AUTOINCREMENT: a rowid is never reused, even after the newest envelope was deleted,
+        # so a delivery id never names two envelopes (clients drop duplicates by id).
+        """CREATE TABLE envelopes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            recipient BLOB NOT NULL,
+            envelope BLOB NOT NULL,
+            accepted_at INTEGER NOT NULL,
+            sender_organisation BLOB NOT NULL
+        )""",
+        "CREATE INDEX envelopes_by_recipient ON envelopes (recipient, id)",
+        "CREATE INDEX envelopes_by_age ON envelopes (accepted_at)",
+        """CREATE TABLE notices (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            organisation BLOB NOT NULL,
+            recipient BLOB NOT NULL,
+            digest BLOB NOT NULL,
+            accepted_at INTEGER NOT NULL
+        )""",
+        "CREATE INDEX notices_by_organisation ON notices (organisation, id)",
+        """CREATE TABLE organisations (
+            organisation BLOB PRIMARY KEY,
+            root BLOB NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE servers (
+            address BLOB PRIMARY KEY,
+            organisation BLOB NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE revocations (
+            organisation BLOB NOT NULL,
+            address BLOB NOT NULL,
+            PRIMARY KEY (organisation, address)
+        ) WITHOUT ROWID""",
+        f"PRAGMA application_id = {APPLICATION_ID}",
+    ),
+)
+
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+"""The schema version this code writes; a store with a newer one is refused."""
+
+_DEFAULT_LIMITS: Final = QueueLimits()
+_ID_SIZE: Final = 8
+"""Delivery and notice ids are the SQLite rowid as 8 big-endian bytes: they sort as bytes in
+acceptance order."""
+_MAX_ROWID: Final = 2**63 - 1
+_BUSY_TIMEOUT_MS: Final = 5_000
+_EXPIRE_CHUNK: Final = 256
+"""Envelopes expired per transaction (envelopes are at most 256 KiB: 64 MiB at most in memory)."""
+_MIN_SQLITE: Final = (3, 35, 0)
+"""``DELETE ... RETURNING`` (acknowledge keeps the byte quota exact with one statement)."""
+
+_INSERT_ENVELOPE: Final = (
+    "INSERT INTO envelopes (recipient, envelope, accepted_at, sender_organisation)"
+    " VALUES (?, ?, ?, ?)"
+)
+_DELETE_ENVELOPES: Final = (
+    "DELETE FROM envelopes WHERE recipient = ? AND id IN ({marks}) RETURNING length(envelope)"
+)
+_DELETE_CHUNK: Final = 256
+"""Ids per DELETE statement (well under SQLite's bound on parameters)."""
+_SELECT_PENDING: Final = (
+    "SELECT id, envelope, accepted_at FROM envelopes"
+    " WHERE recipient = ? AND id > ? AND accepted_at > ? ORDER BY id LIMIT ?"
+)
+
+
+class _Enqueue:
+    __slots__ = ("accepted_at", "envelope", "future", "organisation", "recipient")
+
+    def __init__(
+        self,
+        recipient: bytes,
+        envelope: bytes,
+        accepted_at: int,
+        organisation: bytes,
+        future: asyncio.Future[Any],
+    ) -> None:
+        self.recipient = recipient
+        self.envelope = envelope
+        self.accepted_at = accepted_at
+        self.organisation = organisation
+        self.future = future
+
+
+class _Acknowledge:
+    __slots__ = ("future", "ids", "recipient")
+
+    def __init__(self, recipient: bytes, ids: list[int], future: asyncio.Future[Any]) -> None:
+        self.recipient = recipient
+        self.ids = ids
+        self.future = future
+
+
+class _Operation:
+    """Any other write: ``run(txn)`` inside the batch's transaction. It may raise
+    :class:`StorageError` *before writing anything* to refuse (the caller gets that error, the
+    rest of the batch commits); any other exception aborts the batch."""
+
+    __slots__ = ("future", "run")
+
+    def __init__(self, run: Callable[[_Transaction], Any], future: asyncio.Future[Any]) -> None:
+        self.run = run
+        self.future = future
+
+
+_Item = _Enqueue | _Acknowledge | _Operation
+_STOP: Final = object()
+"""Put on the writer queue by :meth:`SqliteBackend.close`: flush what came before, then exit."""
+
+
+class _Transaction:
+    """What one batch changed, staged until its commit: quota usage, and the work for the loop
+    (cache updates before the callers resume, listener signals after)."""
+
+    __slots__ = ("bytes_delta", "count_delta", "cursor", "queued", "results", "updates", "usage")
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self.cursor = cursor
+        self.usage: dict[bytes, list[int]] = {}
+        self.count_delta = 0
+        self.bytes_delta = 0
+        self.results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self.updates: list[Callable[[], None]] = []
+        self.queued: list[StoredEnvelope] = []
+
+
+class SqliteBackend(RelayBackend):
+    """The embedded :class:`~sealwire.relay.backend.RelayBackend`: SQLite, WAL, group commit.
+
+    Args:
+        path: the database file (created with its schema if missing). Next to it SQLite keeps
+            ``-wal`` and ``-shm`` files and this backend a ``-lock`` file.
+        limits: per-address quotas and envelope lifetime.
+        batch_max: most work items one transaction takes.
+
+    Attributes:
+        commits: transactions committed by the writer since :meth:`start` (for metrics: with
+            group commit it grows far slower than the number of writes).
+
+    Registering an organisation again with a *different* root keeps the first root and raises
+    :class:`~sealwire.errors.StorageError` (the service refuses that server). A server address
+    keeps the organisation it first registered under.
+    """
+
+    def __init__(
+        self, path: Path, limits: QueueLimits = _DEFAULT_LIMITS, *, batch_max: int = 512
+    ) -> None:
+        if batch_max < 1:
+            raise ValueError("batch_max must be positive")
+        self.path = Path(path)
+        self.limits = limits
+        self.commits = 0
+        self._batch_max = batch_max
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: BackendListener | None = None
+        self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closing = False
+        # Writer thread only.
+        self._connection: sqlite3.Connection | None = None
+        self._usage: dict[bytes, list[int]] = {}
+        self._total = [0, 0]
+        self._lock_fd: int | None = None
+        # Reader thread only.
+        self._read_connection: sqlite3.Connection | None = None
+        # Loop thread (filled by the writer before start() returns, then only by the loop).
+        self._depth = (0, 0)
+        self._organisations: dict[bytes, bytes] = {}
+        self._servers: dict[bytes, bytes] = {}
+        self._revoked: set[tuple[bytes, bytes]] = set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, listener: BackendListener) -> None:
+        """Open the store (creating it if needed) and start the writer and reader threads.
+
+        Raises:
+            StorageError: the file cannot be opened, is not a Sealwire relay store, has a newer
+                schema than this code knows, or another backend holds it.
+            LocalProtocolError: this backend was already started.
+        """
+        if self._loop is not None:
+            raise LocalProtocolError("SqliteBackend.start called twice")
+        self._loop = asyncio.get_running_loop()
+        self._listener = listener
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._writer = threading.Thread(
+            target=self._writer_main, args=(ready,), name="sealwire-sqlite-writer", daemon=True
+        )
+        self._writer.start()
+        try:
+            with _storage_errors("open"):
+                await asyncio.wrap_future(ready)
+            self._reader = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="sealwire-sqlite-reader"
+            )
+            with _storage_errors("open"):
+                await self._loop.run_in_executor(self._reader, self._open_reader)
+        except BaseException:
+            self._closing = True
+            await self._shutdown()
+            raise
+
+    async def close(self) -> None:
+        """Flush the writes already submitted (their callers get their results), then close.
+        Later calls raise :class:`~sealwire.errors.StorageError`. Closing twice is harmless."""
+        if self._closing or self._loop is None:
+            self._closing = True
+            return
+        self._closing = True
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._writer is not None and self._writer.is_alive():
+            self._queue.put(_STOP)
+            await asyncio.wrap_future(self._stopped)
+        if self._reader is not None:
+            assert self._loop is not None
+            with contextlib.suppress(sqlite3.Error):
+                await self._loop.run_in_executor(self._reader, self._close_reader)
+            self._reader.shutdown(wait=False)
+            self._reader = None
+
+    # --- queues ---------------------------------------------------------------------------
+
+    async def enqueue(
+        self, recipient: bytes, envelope: bytes, *, accepted_at: int, sender_organisation: bytes
+    ) -> StoredEnvelope:
+        """See :meth:`RelayBackend.enqueue`. Returns after the commit that made it durable."""
+        loop = self._open_loop()
+        if len(envelope) > self.limits.max_bytes:
+            raise QueueFull("envelope is larger than an address's queue may hold")
+        future: asyncio.Future[StoredEnvelope] = loop.create_future()
+        self._queue.put(_Enqueue(recipient, envelope, accepted_at, sender_organisation, future))
+        try:  # not _storage_errors(): this is the hot path, and a plain try costs nothing
+            return await future
+        except sqlite3.Error as exc:
+            raise StorageError(f"relay store: enqueue failed: {exc}") from exc
+
+    async def pending(
+        self, recipient: bytes, *, after: bytes | None, limit: int, now: int
+    ) -> list[StoredEnvelope]:
+        """See :meth:`RelayBackend.pending`."""
+        if limit < 1:
+            self._open_loop()
+            return []
+        first = 0 if after is None else _first_id_after(after)
+        cutoff = _int64(now - self.limits.lifetime_ms)
+        return await self._read(self._read_pending, recipient, first, cutoff, _int64(limit))
+
+    async def acknowledge(self, recipient: bytes, delivery_ids: Sequence[bytes]) -> None:
+        """See :meth:`RelayBackend.acknowledge`. Ids this backend never issued are ignored."""
+        loop = self._open_loop()
+        ids = _rowids(delivery_ids)
+        if not ids:
+            return
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Acknowledge(recipient, ids, future))
+        try:
+            await future
+        except sqlite3.Error as exc:
+            raise StorageError(f"relay store: acknowledge failed: {exc}") from exc
+
+    async def expire(self, now: int) -> int:
+        """See :meth:`RelayBackend.expire`. Works in transactions of a few hundred envelopes,
+        each deleting them and keeping their notices together, so enqueues interleave."""
+        cutoff = _int64(now - self.limits.lifetime_ms)
+        expired = 0
+        organisations: dict[bytes, None] = {}
+        try:
+            while True:
+                count, chunk_organisations = await self._write(
+                    "expire", functools.partial(self._expire_chunk, cutoff)
+                )
+                expired += count
+                organisations.update(dict.fromkeys(chunk_organisations))
+                if count < _EXPIRE_CHUNK:
+                    break
+        finally:  # the notices of committed chunks are waiting even if a later chunk failed
+            assert self._listener is not None
+            for organisation in organisations:
+                _signal(self._listener.notice_queued, organisation)
+        return expired
+
+    async def depth(self) -> tuple[int, int]:
+        """See :meth:`RelayBackend.depth`; exact, from counters kept by the writer."""
+        self._open_loop()
+        return self._depth
+
+    # --- expiry notices -------------------------------------------------------------------
+
+    async def notices(self, organisation: bytes, *, limit: int) -> list[ExpiryNotice]:
+        """See :meth:`RelayBackend.notices`."""
+        if limit < 1:
+            self._open_loop()
+            return []
+        return await self._read(self._read_notices, organisation, _int64(limit))
+
+    async def clear_notices(self, organisation: bytes, notice_ids: Sequence[bytes]) -> None:
+        """See :meth:`RelayBackend.clear_notices`. Unknown ids are ignored."""
+        ids = [(organisation, rowid) for rowid in _rowids(notice_ids)]
+        if not ids:
+            self._open_loop()
+            return
+
+        def run(txn: _Transaction) -> None:
+            txn.cursor.executemany("DELETE FROM notices WHERE organisation = ? AND id = ?", ids)
+
+        await self._write("clear notices", run)
+
+    # --- organisations and revocations ----------------------------------------------------
+
+    async def register(self, organisation: bytes, root: bytes, server: bytes) -> None:
+        """See :meth:`RelayBackend.register`.
+
+        Raises:
+            StorageError: ``organisation`` is already registered with another root (the first
+                root stays; nothing is recorded for ``server``).
+        """
+
+        def run(txn: _Transaction) -> None:
+            row = txn.cursor.execute(
+                "SELECT root FROM organisations WHERE organisation = ?", (organisation,)
+            ).fetchone()
+            if row is not None and row[0] != root:
+                raise StorageError("organisation already registered with another root")
+            txn.cursor.execute(
+                "INSERT OR IGNORE INTO organisations (organisation, root) VALUES (?, ?)",
+                (organisation, root),
+            )
+            txn.cursor.execute(
+                "INSERT OR IGNORE INTO servers (address, organisation) VALUES (?, ?)",
+                (server, organisation),
+            )
+            txn.updates.append(functools.partial(self._registered, organisation, root, server))
+
+        await self._write("register", run)
+        assert self._listener is not None
+        _signal(self._listener.organisation_registered, organisation, root)
+
+    async def organisations(self) -> dict[bytes, bytes]:
+        """See :meth:`RelayBackend.organisations` (from memory)."""
+        self._open_loop()
+        return dict(self._organisations)
+
+    async def is_registered_server(self, server: bytes) -> bool:
+        """See :meth:`RelayBackend.is_registered_server` (from memory)."""
+        self._open_loop()
+        return server in self._servers
+
+    async def revoke(self, organisation: bytes, addresses: Sequence[bytes]) -> None:
+        """See :meth:`RelayBackend.revoke`."""
+        rows = [(organisation, address) for address in dict.fromkeys(addresses)]
+
+        def run(txn: _Transaction) -> None:
+            txn.cursor.executemany(
+                "INSERT OR IGNORE INTO revocations (organisation, address) VALUES (?, ?)", rows
+            )
+            txn.updates.append(functools.partial(self._revoked.update, rows))
+
+        if rows:
+            await self._write("revoke", run)
+        else:
+            self._open_loop()
+        assert self._listener is not None
+        _signal(self._listener.addresses_revoked, organisation, list(addresses))
+
+    async def is_revoked(self, organisation: bytes, address: bytes) -> bool:
+        """See :meth:`RelayBackend.is_revoked` (from memory)."""
+        self._open_loop()
+        return (organisation, address) in self._revoked
+
+    # --- the loop side of the threads -------------------------------------------------------
+
+    def _open_loop(self) -> asyncio.AbstractEventLoop:
+        if self._closing or self._loop is None:
+            raise StorageError("relay store is closed")
+        return self._loop
+
+    async def _write(self, what: str, run: Callable[[_Transaction], _T]) -> _T:
+        future: asyncio.Future[_T] = self._open_loop().create_future()
+        self._queue.put(_Operation(run, future))
+        with _storage_errors(what):
+            return await future
+
+    async def _read(self, read: Callable[..., _T], *args: Any) -> _T:
+        loop = self._open_loop()
+        assert self._reader is not None
+        with _storage_errors("read"):
+            return await loop.run_in_executor(self._reader, read, *args)
+
+    def _registered(self, organisation: bytes, root: bytes, server: bytes) -> None:
+        self._organisations.setdefault(organisation, root)
+        self._servers.setdefault(server, organisation)
+
+    def _deliver(
+        self,
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+        updates: list[Callable[[], None]],
+        queued: Sequence[StoredEnvelope],
+    ) -> None:
+        """On the loop, once per committed (or failed) batch: update the caches, resume the
+        callers, then hand the listener every stored envelope, in delivery-id order."""
+        for update in updates:
+            update()
+        for future, value, error in results:
+            if future.done():  # the caller was cancelled; what it sent may still be stored
+                continue
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+        if queued and self._listener is not None:
+            envelope_queued = self._listener.envelope_queued
+            for stored in queued:
+                _signal(envelope_queued, stored.recipient, stored)
+
+    # --- the writer thread ----------------------------------------------------------------
+
+    def _writer_main(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            self._open_writer()
+        except BaseException as exc:
+            self._close_writer()
+            ready.set_exception(exc)
+            self._stopped.set_result(None)
+            return
+        ready.set_result(None)
+        try:
+            self._write_until_stopped()
+        except BaseException:
+            _log.exception("relay store writer stopped by an internal error")
+            raise
+        finally:
+            self._closing = True  # the writer is gone: later calls raise StorageError
+            self._close_writer()
+            self._fail_leftovers()
+            self._stopped.set_result(None)
+
+    def _fail_leftovers(self) -> None:
+        """Answer whatever is still queued once the writer stops (only after an internal
+        error: close() puts its stop marker after every write it lets in)."""
+        closed = StorageError("relay store is closed")
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Enqueue | _Acknowledge | _Operation):
+                results.append((item.future, None, closed))
+        if results:
+            self._hand_out(results, [], ())
+
+    def _write_until_stopped(self) -> None:
+        get, get_nowait, batch_max = self._queue.get, self._queue.get_nowait, self._batch_max
+        while True:
+            batch: list[_Item] = []
+            stop = False
+            item = get()
+            while True:
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(cast(_Item, item))
+                if len(batch) >= batch_max:
+                    break
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Item]) -> None:
+        """Run ``batch`` in one transaction and hand out the results. If the transaction fails
+        (a full disk, an I/O error), run each item alone so that one cannot fail the others
+        and every caller gets its own answer."""
+        assert self._connection is not None
+        txn = _Transaction(self._connection.cursor())
+        # A batch of acknowledgements only is committed without its own fsync: the next
+        # durable commit (or a WAL checkpoint) carries it to disk. Losing it in a power cut only
+        # means those envelopes are delivered again, and recipients drop duplicates by id.
+        relaxed = all(isinstance(item, _Acknowledge) for item in batch)
+        try:
+            if relaxed:
+                txn.cursor.execute("PRAGMA synchronous=NORMAL")
+            txn.cursor.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                self._apply(txn, item)
+            txn.cursor.execute("COMMIT")
+            if relaxed:
+                txn.cursor.execute("PRAGMA synchronous=FULL")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.rollback()
+                self._connection.execute("PRAGMA synchronous=FULL")
+            if len(batch) > 1:
+                for item in batch:
+                    self._commit([item])
+                return
+            _log.warning("relay store write failed: %s", exc.__class__.__name__)
+            self._hand_out([(batch[0].future, None, _as_storage_error(exc))], [], ())
+            return
+        self.commits += 1
+        for recipient, staged in txn.usage.items():
+            if staged[0]:
+                self._usage[recipient] = staged
+            else:
+                self._usage.pop(recipient, None)
+        self._total[0] += txn.count_delta
+        self._total[1] += txn.bytes_delta
+        self._depth = (self._total[0], self._total[1])
+        self._hand_out(txn.results, txn.updates, tuple(txn.queued))
+
+    def _hand_out(
+        self,
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+        updates: list[Callable[[], None]],
+        queued: Sequence[StoredEnvelope],
+    ) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            self._loop.call_soon_threadsafe(self._deliver, results, updates, queued)
+
+    def _apply(self, txn: _Transaction, item: _Item) -> None:
+        if isinstance(item, _Enqueue):
+            size = len(item.envelope)
+            usage = self._staged_usage(txn, item.recipient)
+            if usage[0] >= self.limits.max_count or usage[1] + size > self.limits.max_bytes:
+                txn.results.append((item.future, None, QueueFull("queue is full")))
+                return
+            txn.cursor.execute(
+                _INSERT_ENVELOPE,
+                (item.recipient, item.envelope, item.accepted_at, item.organisation),
+            )
+            rowid = txn.cursor.lastrowid
+            assert rowid is not None
+            usage[0] += 1
+            usage[1] += size
+            txn.count_delta += 1
+            txn.bytes_delta += size
+            stored = StoredEnvelope(
+                rowid.to_bytes(_ID_SIZE, "big"), item.recipient, item.envelope, item.accepted_at
+            )
+            txn.results.append((item.future, stored, None))
+            txn.queued.append(stored)
+        elif isinstance(item, _Acknowledge):
+            for start in range(0, len(item.ids), _DELETE_CHUNK):
+                ids = item.ids[start : start + _DELETE_CHUNK]
+                rows = txn.cursor.execute(
+                    _DELETE_ENVELOPES.format(marks=",".join("?" * len(ids))),
+                    (item.recipient, *ids),
+                )
+                for (size,) in rows.fetchall():
+                    self._release(txn, item.recipient, size)
+            txn.results.append((item.future, None, None))
+        else:
+            try:
+                value = item.run(txn)
+            except StorageError as refusal:
+                txn.results.append((item.future, None, refusal))
+            else:
+                txn.results.append((item.future, value, None))
+
+    def _staged_usage(self, txn: _Transaction, recipient: bytes) -> list[int]:
+        usage = txn.usage.get(recipient)
+        if usage is None:
+            usage = list(self._usage.get(recipient, (0, 0)))
+            txn.usage[recipient] = usage
+        return usage
+
+    def _release(self, txn: _Transaction, recipient: bytes, size: int) -> None:
+        usage = self._staged_usage(txn, recipient)
+        usage[0] -= 1
+        usage[1] -= size
+        txn.count_delta -= 1
+        txn.bytes_delta -= size
+
+    def _expire_chunk(self, cutoff: int, txn: _Transaction) -> tuple[int, list[bytes]]:
+        rows = txn.cursor.execute(
+            "SELECT id, recipient, envelope, accepted_at, sender_organisation FROM envelopes"
+            " WHERE accepted_at <= ? ORDER BY accepted_at, id LIMIT ?",
+            (cutoff, _EXPIRE_CHUNK),
+        ).fetchall()
+        if not rows:
+            return 0, []
+        txn.cursor.executemany(
+            "INSERT INTO notices (organisation, recipient, digest, accepted_at)"
+            " VALUES (?, ?, ?, ?)",
+            [
+                (organisation, recipient, hashlib.sha256(envelope).digest(), accepted_at)
+                for _, recipient, envelope, accepted_at, organisation in rows
+            ],
+        )
+        txn.cursor.executemany("DELETE FROM envelopes WHERE id = ?", [(row[0],) for row in rows])
+        for _, recipient, envelope, _, _ in rows:
+            self._release(txn, recipient, len(envelope))
+        return len(rows), list(dict.fromkeys(row[4] for row in rows))
+
+    def _open_writer(self) -> None:
+        self._lock_fd = _lock(self.path)
+        self._connection = connection = _connect(self.path)
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise StorageError(
+                f"SQLite {sqlite3.sqlite_version} is too old for the relay store"
+                f" (needs {'.'.join(map(str, _MIN_SQLITE))} or newer)"
+            )
+        version = _check_schema(connection)
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StorageError(f"relay store: cannot switch {self.path.name} to WAL mode")
+        # In WAL mode synchronous=FULL fsyncs the WAL on every commit, so a committed enqueue
+        # survives power loss as well as kill -9 (NORMAL survives only a process crash: the
+        # last commits could be lost when the machine loses power).
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA journal_size_limit = 67108864")
+        _migrate(connection, version)
+
+        for recipient, count, size in connection.execute(
+            "SELECT recipient, count(*), sum(length(envelope)) FROM envelopes GROUP BY recipient"
+        ):
+            self._usage[recipient] = [count, size]
+            self._total[0] += count
+            self._total[1] += size
+        self._depth = (self._total[0], self._total[1])
+        self._organisations = dict(
+            connection.execute("SELECT organisation, root FROM organisations").fetchall()
+        )
+        self._servers = dict(connection.execute("SELECT address, organisation FROM servers"))
+        self._revoked = {
+            (organisation, address)
+            for organisation, address in connection.execute(
+                "SELECT organisation, address FROM revocations"
+            )
+        }
+
+    def _close_writer(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.close()
+            self._connection = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # also releases the flock
+            self._lock_fd = None
+
+    # --- the reader thread ----------------------------------------------------------------
+
+    def _open_reader(self) -> None:
+        connection = _connect(self.path)
+        connection.execute("PRAGMA query_only = ON")
+        self._read_connection = connection
+
+    def _close_reader(self) -> None:
+        if self._read_connection is not None:
+            self._read_connection.close()
+            self._read_connection = None
+
+    def _read_pending(
+        self, recipient: bytes, first: int, cutoff: int, limit: int
+    ) -> list[StoredEnvelope]:
+        assert self._read_connection is not None
+        # fetchall(): the read transaction ends here, so the next read sees the next commit.
+        rows = self._read_connection.execute(
+            _SELECT_PENDING, (recipient, first, cutoff, limit)
+        ).fetchall()
+        return [
+            StoredEnvelope(rowid.to_bytes(_ID_SIZE, "big"), recipient, envelope, accepted_at)
+            for rowid, envelope, accepted_at in rows
+        ]
+
+    def _read_notices(self, organisation: bytes, limit: int) -> list[ExpiryNotice]:
+        assert self._read_connection is not None
+        rows = self._read_connection.execute(
+            "SELECT id, recipient, digest, accepted_at FROM notices"
+            " WHERE organisation = ? ORDER BY id LIMIT ?",
+            (organisation, limit),
+        ).fetchall()
+        return [
+            ExpiryNotice(rowid.to_bytes(_ID_SIZE, "big"), organisation, recipient, digest, at)
+            for rowid, recipient, digest, at in rows
+        ]
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _storage_errors(what: str) -> Iterator[None]:
+    """The boundary: every SQLite error becomes a :class:`StorageError` (the service answers
+    ``unavailable``). SQLite's messages name the failure, never the data."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StorageError(f"relay store: {what} failed: {exc}") from exc
+
+
+def _as_storage_error(exc: Exception) -> Exception:
+    """A write failed: SQLite's errors are translated by the caller (:func:`_storage_errors`);
+    anything else (a value SQLite cannot store, such as a time beyond 64 bits) becomes a
+    :class:`StorageError` here, so nothing else reaches the service."""
+    if isinstance(exc, sqlite3.Error | StorageError):
+        return exc
+    error = StorageError(f"relay store: cannot store this request ({exc.__class__.__name__})")
+    error.__cause__ = exc
+    return error
+
+
+def _signal(method: Callable[..., None], *args: Any) -> None:
+    """Call a listener method; a failing listener must not break the backend."""
+    try:
+        method(*args)
+    except Exception:
+        _log.exception("relay backend listener %s failed", getattr(method, "__name__", "?"))
+
+
+def _int64(value: int) -> int:
+    """``value`` within SQLite's INTEGER range (times and limits from the caller)."""
+    return max(-_MAX_ROWID - 1, min(value, _MAX_ROWID))
+
+
+def _rowids(ids: Sequence[bytes]) -> list[int]:
+    """The rowids these delivery or notice ids name; any other bytes name nothing."""
+    rowids = [int.from_bytes(i, "big") for i in ids if len(i) == _ID_SIZE]
+    return [rowid for rowid in rowids if rowid <= _MAX_ROWID]
+
+
+def _first_id_after(after: bytes) -> int:
+    """The rowid above which every id is greater than ``after`` compared as bytes (a cursor
+    normally is one of our 8-byte ids, but a client may send any bytes)."""
+    if len(after) >= _ID_SIZE:
+        # An 8-byte id equal to after[:8] is a prefix of a longer ``after``, hence smaller.
+        return min(int.from_bytes(after[:_ID_SIZE], "big"), _MAX_ROWID)
+    # A shorter ``after`` is smaller than every id starting with it: the first id greater is
+    # ``after`` padded with zero bytes.
+    return min(int.from_bytes(after.ljust(_ID_SIZE, b"\0"), "big") - 1, _MAX_ROWID)
+
+
+def _lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + "-lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StorageError(f"relay store: cannot open {lock_path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise StorageError(
+                f"relay store {path.name} is in use by another relay backend;"
+                " stop the other relay process first"
+            ) from exc
+        raise StorageError(f"relay store: cannot lock {lock_path}: {exc.strerror}") from exc
+    return fd
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; the writer issues BEGIN IMMEDIATE itself.
+    connection = sqlite3.connect(path, isolation_level=None, cached_statements=64)
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _check_schema(connection: sqlite3.Connection) -> int:
+    """The store's schema version, after refusing a database that is not ours or too new.
+    Reading the header is also where SQLite notices a file that is not a database."""
+    application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+    version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+    if application_id not in (0, APPLICATION_ID) or (
+        application_id == 0
+        and (version != 0 or connection.execute("SELECT 1 FROM sqlite_master").fetchone())
+    ):
+        raise StorageError("relay store: the file is an SQLite database of another program")
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"relay store has schema version {version}, newer than this Sealwire knows"
+            f" ({SCHEMA_VERSION}); upgrade Sealwire or restore a backup"
+        )
+    return version
+
+
+def _migrate(connection: sqlite3.Connection, version: int) -> None:
+    for step in range(version, SCHEMA_VERSION):
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _MIGRATIONS[step]:
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {step + 1}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.rollback()
+            raise
+        _log.info("relay store schema migrated to version %d", step + 1)

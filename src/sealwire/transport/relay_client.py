@@ -1,0 +1,345 @@
+"""A client's connection to a relay: one sans-IO :class:`ClientSession` driven over a
+``websockets`` connection (devices and enterprise servers use it; so do the relay's tests and
+benchmarks).
+
+The edge is thin: a reader feeds received messages to the session and dispatches its events, a
+writer sends what the session queued, a timer handles pings and deadlines. Requests
+(:meth:`RelayConnection.send`, :meth:`RelayConnection.revoke`) wait for their answer; the
+session's window bounds how many are in flight and callers beyond it wait their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from sealwire.errors import RemoteProtocolError, TransportError
+from sealwire.protocol.frames import MAX_FRAME_SIZE, relay_id_for
+from sealwire.protocol.session import (
+    ActivationReceived,
+    ClientConfig,
+    ClientSession,
+    ClientState,
+    EnvelopeDelivered,
+    EnvelopeExpired,
+    Event,
+    RequestAccepted,
+    RequestRejected,
+    SessionReady,
+    SessionTerminated,
+)
+from sealwire.protocol.suite import SigningKey
+
+__all__ = ["RelayConnection", "RequestRefused", "SessionEnded"]
+
+
+class RequestRefused(RemoteProtocolError):
+    """The relay refused one request (``code`` is ``queue-full``, ``rate-limited``,
+    ``unknown-server`` or ``unavailable``); the session goes on."""
+
+
+class SessionEnded(TransportError):
+    """The relay session is over: ``code`` says why (a wire code, or ``connection-lost``)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"relay session ended: {code}" + (f" ({reason})" if reason else ""))
+        self.code = code
+        self.reason = reason
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class RelayConnection:
+    """A connected relay session. Make one with :meth:`open` or :meth:`open_for_activation`.
+
+    Deliveries, activation messages and expiry notices arrive on bounded queues
+    (``deliveries``, ``activations``, ``expiries``); the relay's delivery window bounds them.
+    """
+
+    def __init__(
+        self, ws: ClientConnection, session: ClientSession, clock: Callable[[], int]
+    ) -> None:
+        self._ws = ws
+        self._session = session
+        self._clock = clock
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+        self._slot = asyncio.Event()
+        """Set when a request slot may have freed up (or the session ended)."""
+        self._wake = asyncio.Event()
+        self._ready: asyncio.Future[SessionReady] = asyncio.get_running_loop().create_future()
+        self.ended: asyncio.Future[SessionEnded] = asyncio.get_running_loop().create_future()
+        """Resolves (never raises) with why the session ended."""
+        self.deliveries: asyncio.Queue[EnvelopeDelivered] = asyncio.Queue()
+        self.activations: asyncio.Queue[ActivationReceived] = asyncio.Queue()
+        self.expiries: asyncio.Queue[EnvelopeExpired] = asyncio.Queue()
+        self._timer: asyncio.TimerHandle | None = None
+        self._reader = asyncio.create_task(self._read())
+        self._writer = asyncio.create_task(self._write())
+
+    # --- opening ------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        identity: SigningKey,
+        chain: Sequence[bytes],
+        root: bytes | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 15.0,
+        clock: Callable[[], int] = _now_ms,
+    ) -> RelayConnection:
+        """Connect to the relay at ``url`` and authenticate.
+
+        Args:
+            url: ``wss://host:port`` (or ``ws://`` on loopback); the relay id is derived from it.
+            identity, chain: our key and certificate chain (leaf first).
+            root: enterprise servers: the organisation root key (registers the organisation).
+
+        Raises:
+            TransportError: the relay is unreachable or refused the connection.
+            SessionEnded: the relay ended the session during the handshake (``code`` says why:
+                ``not-admitted``, ``revoked``, ``auth-failed``...).
+        """
+        session = ClientSession(
+            identity, chain, root=root, config=ClientConfig(relay_id=relay_id_for(url))
+        )
+        conn = await cls._dial(url, session, ssl_context, timeout, clock)
+        session.connect(clock())
+        return await conn._await_ready(timeout)
+
+    @classmethod
+    async def open_for_activation(
+        cls,
+        url: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 15.0,
+        clock: Callable[[], int] = _now_ms,
+    ) -> RelayConnection:
+        """Connect in activation mode (a device without a certificate yet)."""
+        session = ClientSession(config=ClientConfig(relay_id=relay_id_for(url)))
+        conn = await cls._dial(url, session, ssl_context, timeout, clock)
+        session.connect_for_activation(clock())
+        return await conn._await_ready(timeout)
+
+    @classmethod
+    async def _dial(
+        cls,
+        url: str,
+        session: ClientSession,
+        ssl_context: ssl.SSLContext | None,
+        timeout: float,
+        clock: Callable[[], int],
+    ) -> RelayConnection:
+        kwargs: dict[str, Any] = {}
+        if ssl_context is not None:
+            kwargs["ssl"] = ssl_context
+        try:
+            ws = await connect(
+                url,
+                compression=None,
+                max_size=MAX_FRAME_SIZE,
+                max_queue=16,
+                open_timeout=timeout,
+                ping_interval=None,
+                close_timeout=2,
+                **kwargs,
+            )
+        except (TimeoutError, OSError, InvalidHandshake, InvalidURI) as exc:
+            raise TransportError(f"cannot reach the relay at {url}: {exc}") from exc
+        return cls(ws, session, clock)
+
+    async def _await_ready(self, timeout: float) -> RelayConnection:
+        self._wake.set()
+        self._arm_timer()
+        waiters: list[asyncio.Future[Any]] = [self._ready, self.ended]
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if self._ready.done():
+            return self
+        await self.close()
+        if self.ended.done():
+            raise self.ended.result()
+        raise TransportError("the relay did not open the session in time")
+
+    # --- properties ---------------------------------------------------------------------
+
+    @property
+    def address(self) -> bytes | None:
+        return self._session.address
+
+    @property
+    def relay_time(self) -> int:
+        """The relay's clock when it opened the session (Unix ms)."""
+        return self._ready.result().relay_time
+
+    @property
+    def closed(self) -> bool:
+        return self.ended.done()
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def send(self, envelope: bytes) -> None:
+        """Hand ``envelope`` to the relay; return once it is durably queued there.
+
+        Raises:
+            RequestRefused: the relay refused it (``code``: ``queue-full`` ...).
+            SessionEnded: the session ended before the answer came (the envelope may or may
+                not have been stored: send it again on a new session; recipients drop
+                duplicates by message id).
+            LocalProtocolError: ``envelope`` is not a valid envelope of at most 256 KiB.
+        """
+        await self._request(lambda: [self._session.send_envelope(envelope)])
+
+    async def revoke(self, addresses: Sequence[bytes]) -> None:
+        """Servers: tell the relay to refuse these addresses of our organisation."""
+        await self._request(lambda: self._session.revoke(addresses))
+
+    async def _request(self, start: Callable[[], list[int]]) -> None:
+        while self._session.send_window <= 0 and not self.closed:
+            self._slot.clear()
+            await self._slot.wait()
+        self._raise_if_ended()
+        refs = start()  # no await between the window check and taking the slot
+        futures = []
+        loop = asyncio.get_running_loop()
+        for ref in refs:
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiting[ref] = future
+            futures.append(future)
+        self._wake.set()
+        for future in futures:
+            await future
+
+    def ack(self, delivery_ids: Sequence[bytes]) -> None:
+        """Acknowledge deliveries that are safely stored (the relay deletes them)."""
+        if not delivery_ids or self._session.state is not ClientState.OPEN:
+            return
+        for start in range(0, len(delivery_ids), 256):
+            self._session.ack(delivery_ids[start : start + 256])
+        self._wake.set()
+
+    async def send_activation(
+        self, session: bytes, payload: bytes, server: bytes | None = None
+    ) -> None:
+        """Send an activation message (devices name the ``server``)."""
+        self._raise_if_ended()
+        self._session.send_activation(session, payload, server)
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Close the connection (a clean WebSocket close), after sending what is queued (an
+        acknowledgement just given is not lost)."""
+        if self._session.state is not ClientState.CLOSED:
+            with contextlib.suppress(ConnectionClosed, OSError):
+                for frame in self._session.frames_to_send():
+                    await self._ws.send(frame)
+            self._session.connection_lost()
+        self._finish(SessionEnded("closed", "closed by us"))
+        with contextlib.suppress(Exception):
+            await self._ws.close()
+        for task in (self._reader, self._writer):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def __aenter__(self) -> RelayConnection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _raise_if_ended(self) -> None:
+        if self.ended.done():
+            raise self.ended.result()
+
+    # --- the edge -----------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        try:
+            async for message in self._ws:
+                if isinstance(message, str):
+                    continue
+                self._dispatch(self._session.receive_frame(message, self._clock()))
+                self._wake.set()
+                self._arm_timer()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._dispatch(self._session.connection_lost())
+
+    async def _write(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                for frame in self._session.frames_to_send():
+                    await self._ws.send(frame)
+                if self._session.state is ClientState.CLOSED:
+                    await self._ws.close()
+                    return
+
+    def _dispatch(self, events: list[Event]) -> None:
+        freed = False
+        for event in events:
+            if isinstance(event, RequestAccepted):
+                future = self._waiting.pop(event.ref, None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+                freed = True
+            elif isinstance(event, RequestRejected):
+                future = self._waiting.pop(event.ref, None)
+                if future is not None and not future.done():
+                    future.set_exception(RequestRefused(event.reason, code=event.code))
+                freed = True
+            elif isinstance(event, EnvelopeDelivered):
+                self.deliveries.put_nowait(event)
+            elif isinstance(event, ActivationReceived):
+                self.activations.put_nowait(event)
+            elif isinstance(event, EnvelopeExpired):
+                self.expiries.put_nowait(event)
+            elif isinstance(event, SessionReady):
+                if not self._ready.done():
+                    self._ready.set_result(event)
+            elif isinstance(event, SessionTerminated):
+                self._finish(SessionEnded(event.code, event.reason))
+        if freed:
+            self._slot.set()
+
+    def _finish(self, why: SessionEnded) -> None:
+        if not self.ended.done():
+            self.ended.set_result(why)
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(why)
+        self._waiting.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._wake.set()
+        self._slot.set()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        at = self._session.get_timer()
+        if at is None:
+            return
+        delay = max(0.0, (at - self._clock()) / 1000)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch(self._session.handle_timer(self._clock()))
+        self._wake.set()
+        self._arm_timer()
