@@ -288,6 +288,7 @@ class _Machine(Generic[S]):
     def __init__(self, initial: S, now: int = 0) -> None:
         self._state = initial
         self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
         self._clock = now
         """The latest time passed in: a lower bound for when queued frames leave."""
         self._last_sent = now
@@ -302,9 +303,21 @@ class _Machine(Generic[S]):
         """Whether the session is over (send what is queued, then close the connection)."""
         return self._state is self._CLOSED
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the frames queued for the peer and not yet taken (the transport pauses
+        reading from a peer that does not read what we queue for it)."""
+        return self._outbox_bytes
+
+    @property
+    def queued_frames(self) -> int:
+        """How many frames are queued for the peer and not yet taken."""
+        return len(self._outbox)
+
     def frames_to_send(self) -> list[bytes]:
         """Take the encoded frames queued for the peer, oldest first."""
         out, self._outbox = self._outbox, []
+        self._outbox_bytes = 0
         return out
 
     def _next_state(self, what: str) -> S:
@@ -336,8 +349,7 @@ class _Machine(Generic[S]):
 
     def _queue(self, frame: Frame) -> None:
         """Queue a frame this machine built itself (always valid)."""
-        self._outbox.append(encode_frame(frame))
-        self._last_sent = self._clock
+        self._send_encoded(encode_frame(frame))
 
     def _encode_local(self, frame: Frame) -> bytes:
         """Encode a frame built from the caller's arguments, checking every bound first.
@@ -362,6 +374,7 @@ class _Machine(Generic[S]):
 
     def _send_encoded(self, data: bytes) -> None:
         self._outbox.append(data)
+        self._outbox_bytes += len(data)
         self._last_sent = self._clock
 
     def _terminate(self, code: ErrorCode, reason: str) -> SessionTerminated:
@@ -443,6 +456,7 @@ class _Machine(Generic[S]):
             ``[]`` if it had already ended.
         """
         self._outbox.clear()
+        self._outbox_bytes = 0
         if self._state is self._CLOSED:
             return []
         self._set_state(self._CLOSED, "connection_lost")

@@ -36,9 +36,10 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from sealwire.errors import QueueFull, StorageError
-from sealwire.protocol.frames import MAX_FRAME_SIZE, ErrorCode, relay_id_for
+from sealwire.protocol.frames import ERROR_CODES, MAX_FRAME_SIZE, ErrorCode, relay_id_for
 from sealwire.protocol.identity import ChainVerifier, Role, short_address
 from sealwire.protocol.session import (
+    CONNECTION_LOST,
     ActivationSubmitted,
     ClientVerified,
     DeliveriesAcknowledged,
@@ -65,7 +66,10 @@ _RECV_QUEUE = 8
 """Received WebSocket messages websockets buffers per connection before it stops reading."""
 _WRITE_LIMIT = 64 * 1024
 """websockets' write buffer high-water mark per connection."""
+_KNOWN_CODES = ERROR_CODES | {CONNECTION_LOST}
 _NOTICE_BATCH = 256
+_QUEUED_FRAMES_MAX = 1024
+"""Frames (small ones: Pongs, Accepteds) queued for a peer above which its reader pauses."""
 _PULL_MAX = 32
 """Most envelopes read from the backend at once (at most 8 MiB of 256 KiB envelopes)."""
 _CLOSE_GRACE_S = 2.0
@@ -171,10 +175,12 @@ class _Link:
     inflight: set[bytes] = field(default_factory=set)
     """Delivered in this session and not yet deleted (acknowledged ones stay until the backend
     confirms the deletion), so a pull from the start never delivers one twice."""
+    pulling: bool = False
+    deleted_during_pull: set[bytes] = field(default_factory=set)
+    """Acknowledged ids whose deletion completed while a pull was reading: that read may
+    still hold them."""
     outbox_bytes: int = 0
     """Bytes taken from the session by the writer and not yet written to the socket."""
-    queued_bytes: int = 0
-    """Envelope bytes handed to the session since the writer last took its frames."""
     timer: asyncio.TimerHandle | None = None
     timer_at: int | None = None
     detach: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -183,6 +189,8 @@ class _Link:
     activation_server: bytes | None = None
     submitted_at: dict[int, float] = field(default_factory=dict)
     writer: asyncio.Task[None] | None = None
+    finished: bool = False
+    """The connection is gone and _finish has undone the bookkeeping."""
 
 
 class Relay:
@@ -215,6 +223,8 @@ class Relay:
         self._by_address: dict[bytes, set[_Link]] = {}
         self._servers_by_org: dict[bytes, set[_Link]] = {}
         self._sources: dict[str, _Source] = {}
+        self._notices_running: set[bytes] = set()
+        self._notices_again: set[bytes] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -234,8 +244,11 @@ class Relay:
         from sealwire.errors import ConfigError, TransportError
 
         await self.backend.start(self)
-        for root in (await self.backend.organisations()).values():
-            self._verifier.add_root(root)
+        for organisation, root in (await self.backend.organisations()).items():
+            # Under an allow-list, an organisation registered while the relay was open is
+            # not trusted any more: neither its server nor its devices get in.
+            if self._serves(organisation):
+                self._verifier.add_root(root)
         ssl_context = None
         if self.config.tls:
             ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -316,16 +329,20 @@ class Relay:
     async def stop(self) -> None:
         """Stop listening, close every session with ``shutdown``, finish pending stores, close
         the backend."""
-        self._stopping = True
+        self._stopping = True  # from now on new Sends are refused with ``unavailable``
         if self._server is not None:
             self._server.close(close_connections=False)
+        for task in self._background:
+            task.cancel()
+        # Finish and answer the stores in flight before the sessions end, so that a client
+        # is not left guessing (and resending) what was stored.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
         for link in list(self._links):
             link.session.close(ErrorCode.SHUTDOWN, "relay restarting")
             link.wake.set()
-        for task in self._background:
-            task.cancel()
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+            await asyncio.wait(list(self._tasks), timeout=2)
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=5)
@@ -416,7 +433,9 @@ class Relay:
                 self._receive(link, message, loop.time())
                 if link.session.closed:
                     break
-                if link.outbox_bytes > _OUTBOX_SOFT_LIMIT:
+                # Back-pressure: a peer that does not read what we queue for it is not read
+                # from either, so its answers (Pongs, Accepteds) cannot pile up here.
+                while _backlogged(link) and not link.session.closed:
                     link.drained.clear()
                     await link.drained.wait()
         except ConnectionClosed:
@@ -451,9 +470,11 @@ class Relay:
             if isinstance(event, EnvelopeSubmitted):
                 if link.session.state is not RelayState.OPEN:
                     continue  # the same frame ended the session (a flood)
+                if self._stopping:
+                    self._refuse_request(link, event.ref, ErrorCode.UNAVAILABLE, "relay stopping")
+                    continue
                 if rate_limited:
-                    link.session.reject(event.ref, ErrorCode.RATE_LIMITED, "slow down")
-                    self.metrics.rejected.labels(ErrorCode.RATE_LIMITED.value).inc()
+                    self._refuse_request(link, event.ref, ErrorCode.RATE_LIMITED, "slow down")
                     continue
                 link.submitted_at[event.ref] = time.perf_counter()
                 self._spawn(self._store(link, event))
@@ -474,7 +495,13 @@ class Relay:
                 if not event.by_peer:
                     self._closed_by_us(link, event.code)
                 else:
-                    self.metrics.closed.labels(event.code).inc()
+                    # A peer's code is free text: only known codes become metric labels.
+                    code = event.code if event.code in _KNOWN_CODES else "other"
+                    self.metrics.closed.labels(code).inc()
+
+    def _refuse_request(self, link: _Link, ref: int, code: ErrorCode, reason: str) -> None:
+        link.session.reject(ref, code, reason)
+        self.metrics.rejected.labels(code.value).inc()
 
     def _closed_by_us(self, link: _Link, code: str) -> None:
         self.metrics.closed.labels(code).inc()
@@ -515,7 +542,6 @@ class Relay:
                 if self._may_pull(link):
                     await self._pull(link)
                 frames = session.frames_to_send()
-                link.queued_bytes = 0
                 if frames:
                     size = sum(map(len, frames))
                     link.outbox_bytes += size
@@ -544,7 +570,7 @@ class Relay:
             link.peer is not None
             and link.session.state is RelayState.OPEN
             and link.session.delivery_window > 0
-            and link.outbox_bytes + link.queued_bytes < _OUTBOX_SOFT_LIMIT
+            and link.outbox_bytes + link.session.queued_bytes < _OUTBOX_SOFT_LIMIT
         )
 
     @classmethod
@@ -552,43 +578,49 @@ class Relay:
         return link.more and cls._may_deliver(link)
 
     async def _pull(self, link: _Link) -> None:
-        """Give the session the deliveries the backend holds for it, up to its window."""
+        """Give the session what the backend holds for it after the cursor, as far as its
+        window and the memory bound allow."""
         session = link.session
         assert link.peer is not None
-        window = session.delivery_window
+        limit = min(session.delivery_window, _PULL_MAX)
         link.more = False
+        link.pulling = True
         try:
             items = await self.backend.pending(
-                link.peer.address,
-                after=link.cursor,
-                limit=min(window, _PULL_MAX),
-                now=self._clock(),
+                link.peer.address, after=link.cursor, limit=limit, now=self._clock()
             )
         except StorageError as exc:
             _log.warning("backend read failed; will retry", extra={"error": str(exc)})
             link.more = True
             asyncio.get_running_loop().call_later(1.0, link.wake.set)
             return
+        finally:
+            link.pulling = False
+            deleted, link.deleted_during_pull = link.deleted_during_pull, set()
         if session.state is not RelayState.OPEN:
             return
+        if len(items) == limit:
+            link.more = True  # there may be more behind these
         now = self._clock()
-        size = link.queued_bytes
-        for count, item in enumerate(items, 1):
-            link.cursor = item.delivery_id
-            if item.delivery_id in link.inflight:
-                continue  # handed over directly already
+        delivered = 0
+        for item in items:
+            if item.delivery_id in link.inflight or item.delivery_id in deleted:
+                # Handed over while we read, or acknowledged and deleted while we read.
+                link.cursor = _later(link.cursor, item.delivery_id)
+                continue
+            if not self._may_deliver(link):
+                # The window filled (hand-overs during the read) or the memory bound: the
+                # rest next round. If the cursor already passed this one, start over.
+                link.more = True
+                if link.cursor is not None and item.delivery_id <= link.cursor:
+                    link.cursor = None
+                break
             session.deliver(item.delivery_id, item.envelope)
             link.inflight.add(item.delivery_id)
-            link.queued_bytes += len(item.envelope)
+            link.cursor = _later(link.cursor, item.delivery_id)
+            delivered += 1
             self.metrics.queue_wait.observe(max(0, now - item.accepted_at) / 1000)
-            size += len(item.envelope)
-            if size >= _OUTBOX_SOFT_LIMIT and count < len(items):
-                link.more = True  # bounded memory: the rest in the next round
-                self.metrics.delivered.inc(count)
-                return
-        self.metrics.delivered.inc(len(items))
-        if len(items) == window:
-            link.more = True  # the window is full: more after acks
+        self.metrics.delivered.inc(delivered)
 
     # --- timers -------------------------------------------------------------------------
 
@@ -659,14 +691,16 @@ class Relay:
             _log.warning("acknowledge failed", extra={"error": str(exc)})
         else:
             link.inflight.difference_update(ids)
+            if link.pulling:
+                link.deleted_during_pull.update(ids)
 
     async def _admit(self, link: _Link, peer: ClientVerified) -> None:
         session = link.session
         try:
+            if not self._serves(peer.organisation):
+                self._refuse(link, ErrorCode.NOT_ADMITTED, "organisation not served here")
+                return
             if peer.role is Role.SERVER:
-                if self.config.admission == "allow-list" and peer.organisation not in self._allowed:
-                    self._refuse(link, ErrorCode.NOT_ADMITTED, "organisation not served here")
-                    return
                 assert peer.root is not None
                 await self.backend.register(peer.organisation, peer.root, peer.address)
             if await self.backend.is_revoked(peer.organisation, peer.address):
@@ -683,26 +717,38 @@ class Relay:
         if not session.closed:
             address = peer.address
             self._set_role(link, "server" if peer.role is Role.SERVER else "device")
+            # Bookkeeping first, without an await, so that _finish always undoes it.
             links = self._by_address.setdefault(address, set())
             links.add(link)
+            if peer.role is Role.SERVER:
+                self._servers_by_org.setdefault(peer.organisation, set()).add(link)
             try:
                 if len(links) == 1:
                     await self.backend.watch(address)
                 if peer.role is Role.SERVER:
-                    self._servers_by_org.setdefault(peer.organisation, set()).add(link)
-                    route = await self.backend.attach(address, self._server_route(link))
-                    link.detach.append(route)
+                    detach = await self.backend.attach(address, self._server_route(link))
+                    await self._keep_route(link, detach)
                     self._spawn(self._send_notices(peer.organisation))
             except StorageError as exc:
                 _log.warning("cannot follow the session's queue", extra={"error": str(exc)})
                 link.session.close(ErrorCode.UNAVAILABLE, "relay storage unavailable; retry")
                 self._closed_by_us(link, ErrorCode.UNAVAILABLE.value)
-            _log.info(
-                "session open",
-                extra={"role": link.role, "address": _short(address)},
-            )
+            if link.finished and address not in self._by_address:
+                # The connection went away while we subscribed: do not keep watching.
+                with contextlib.suppress(StorageError):
+                    await self.backend.unwatch(address)
+                return
+            _log.info("session open", extra={"role": link.role, "address": _short(address)})
         link.wake.set()
         self._arm_timer(link)
+
+    async def _keep_route(self, link: _Link, detach: Callable[[], Awaitable[None]]) -> None:
+        """Keep an activation route until the connection ends (at once if it already has)."""
+        if link.finished:
+            with contextlib.suppress(StorageError):
+                await detach()
+        else:
+            link.detach.append(detach)
 
     def _refuse(self, link: _Link, code: ErrorCode, reason: str) -> None:
         if link.session.state is RelayState.VERIFIED:
@@ -760,11 +806,10 @@ class Relay:
                         return
                     link.activation_id = os.urandom(16)
                     link.activation_server = event.server
-                    link.detach.append(
-                        await self.backend.attach(
-                            link.activation_id, self._device_route(link, event.session)
-                        )
+                    detach = await self.backend.attach(
+                        link.activation_id, self._device_route(link, event.session)
                     )
+                    await self._keep_route(link, detach)
                 delivered = await self.backend.route_activation(
                     event.server, link.activation_id, event.payload, None
                 )
@@ -799,22 +844,46 @@ class Relay:
             await asyncio.sleep(self.config.expiry_interval_s)
 
     async def _send_notices(self, organisation: bytes) -> None:
-        links = [
-            link
-            for link in self._servers_by_org.get(organisation, ())
-            if link.session.state is RelayState.OPEN
-        ]
-        if not links:
-            return  # kept until a server of the organisation connects
-        link = links[0]
+        """Pass an organisation's expiry notices to one of its connected servers. One run per
+        organisation at a time (a request during a run makes it go round once more); a
+        notice is deleted only once its frame was written, so a server that drops off
+        meanwhile gets it again from the next server (at least once)."""
+        if organisation in self._notices_running:
+            self._notices_again.add(organisation)
+            return
+        self._notices_running.add(organisation)
         try:
             while True:
+                self._notices_again.discard(organisation)
+                await self._pass_notices(organisation)
+                if organisation not in self._notices_again:
+                    return
+        finally:
+            self._notices_running.discard(organisation)
+
+    async def _pass_notices(self, organisation: bytes) -> None:
+        try:
+            while True:
+                links = [
+                    link
+                    for link in self._servers_by_org.get(organisation, ())
+                    if link.session.state is RelayState.OPEN
+                ]
+                if not links:
+                    return  # kept until a server of the organisation connects
+                link = links[0]
                 notices = await self.backend.notices(organisation, limit=_NOTICE_BATCH)
                 if not notices or link.session.state is not RelayState.OPEN:
                     return
                 for notice in notices:
                     link.session.notify_expired(notice.recipient, notice.digest, notice.accepted_at)
                 link.wake.set()
+                while link.session.queued_bytes or link.outbox_bytes:
+                    if link.session.closed:
+                        return  # not written: the next server gets them
+                    link.drained.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(link.drained.wait(), 10)
                 await self.backend.clear_notices(organisation, [n.notice_id for n in notices])
                 if len(notices) < _NOTICE_BATCH:
                     return
@@ -840,10 +909,15 @@ class Relay:
         link.wake.set()
         if link.writer is not None:
             # A session we closed still sends its error frame (bounded wait).
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            try:
                 await asyncio.wait_for(asyncio.shield(link.writer), timeout=2)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            except Exception:
+                _log.exception("relay connection writer failed")
             link.writer.cancel()
         link.session.connection_lost()
+        link.finished = True
         if link.timer is not None:
             link.timer.cancel()
         self._links.discard(link)
@@ -873,32 +947,31 @@ class Relay:
 
     def envelope_queued(self, recipient: bytes, stored: StoredEnvelope | None = None) -> None:
         for link in self._by_address.get(recipient, ()):
-            if stored is not None and self._hand_over(link, stored):
-                continue
-            link.more = True
-            link.wake.set()
+            if stored is not None:
+                self._hand_over(link, stored)
+            else:
+                link.more = True
+                link.wake.set()
 
-    def _hand_over(self, link: _Link, stored: StoredEnvelope) -> bool:
+    def _hand_over(self, link: _Link, stored: StoredEnvelope) -> None:
         """Deliver a just-stored envelope straight to a session that has nothing older
-        waiting, without reading it back from the backend. Returns ``False`` when the session
-        must pull instead (a backlog, a full window, a slow reader)."""
+        waiting, without reading it back from the backend; otherwise let it pull."""
         if stored.delivery_id in link.inflight:
-            return True
-        if link.more or not self._may_deliver(link):
-            if link.cursor is not None and stored.delivery_id <= link.cursor:
-                # Out of order (another node's signal came late): the next pull must start
-                # from the beginning, or it would skip this envelope.
-                link.cursor = None
-            return False
-        link.session.deliver(stored.delivery_id, stored.envelope)
-        link.inflight.add(stored.delivery_id)
-        link.queued_bytes += len(stored.envelope)
-        if link.cursor is None or stored.delivery_id > link.cursor:
+            return  # a repeated signal for one it has
+        if link.cursor is not None and stored.delivery_id <= link.cursor:
+            # A late or repeated signal (another node's, or for one already acknowledged):
+            # only a pull from the start can tell whether it is still to be delivered.
+            link.cursor = None
+            link.more = True
+        elif not link.more and self._may_deliver(link):
+            link.session.deliver(stored.delivery_id, stored.envelope)
+            link.inflight.add(stored.delivery_id)
             link.cursor = stored.delivery_id
-        self.metrics.delivered.inc()
-        self.metrics.queue_wait.observe(max(0, self._clock() - stored.accepted_at) / 1000)
+            self.metrics.delivered.inc()
+            self.metrics.queue_wait.observe(max(0, self._clock() - stored.accepted_at) / 1000)
+        else:
+            link.more = True  # a backlog, a full window or a slow reader: it pulls
         link.wake.set()
-        return True
 
     def addresses_revoked(self, organisation: bytes, addresses: Iterable[bytes]) -> None:
         for address in addresses:
@@ -911,11 +984,16 @@ class Relay:
                     link.wake.set()
 
     def organisation_registered(self, organisation: bytes, root: bytes) -> None:
-        self._verifier.add_root(root)
+        if self._serves(organisation):
+            self._verifier.add_root(root)
 
     def notice_queued(self, organisation: bytes) -> None:
         if organisation in self._servers_by_org:
             self._spawn(self._send_notices(organisation))
+
+    def _serves(self, organisation: bytes) -> bool:
+        """Whether admission lets this organisation (its server and its devices) in."""
+        return self.config.admission == "open" or organisation in self._allowed
 
 
 def _source_of(ws: ServerConnection) -> str:
@@ -929,6 +1007,20 @@ def _abort(ws: ServerConnection) -> None:
     """Cut a connection that did not finish closing in time (its peer stopped reading)."""
     if ws.state is not State.CLOSED and ws.transport is not None:
         ws.transport.abort()
+
+
+def _backlogged(link: _Link) -> bool:
+    """Whether the peer is behind in reading what we send it (then we stop reading from it)."""
+    session = link.session
+    return (
+        link.outbox_bytes + session.queued_bytes > _OUTBOX_SOFT_LIMIT
+        or session.queued_frames > _QUEUED_FRAMES_MAX
+    )
+
+
+def _later(cursor: bytes | None, delivery_id: bytes) -> bytes:
+    """The cursor never moves back (delivery ids sort in acceptance order)."""
+    return delivery_id if cursor is None or delivery_id > cursor else cursor
 
 
 def _address(link: _Link) -> bytes | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from sealwire.errors import RemoteProtocolError, TransportError
-from sealwire.protocol.frames import MAX_FRAME_SIZE, relay_id_for
+from sealwire.protocol.frames import MAX_FRAME_SIZE, MAX_REVOKE_ADDRESSES, relay_id_for
 from sealwire.protocol.session import (
     ActivationReceived,
     ClientConfig,
@@ -164,7 +165,12 @@ class RelayConnection:
         self._wake.set()
         self._arm_timer()
         waiters: list[asyncio.Future[Any]] = [self._ready, self.ended]
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # Cancelled while opening: the caller has no object to close, so close here.
+            await asyncio.shield(self.close())
+            raise
         if self._ready.done():
             return self
         await self.close()
@@ -202,8 +208,12 @@ class RelayConnection:
         await self._request(lambda: [self._session.send_envelope(envelope)])
 
     async def revoke(self, addresses: Sequence[bytes]) -> None:
-        """Servers: tell the relay to refuse these addresses of our organisation."""
-        await self._request(lambda: self._session.revoke(addresses))
+        """Servers: tell the relay to refuse these addresses of our organisation (any number:
+        they go in requests of at most 256, one request slot each)."""
+        unique = list(dict.fromkeys(addresses))
+        for start in range(0, len(unique), MAX_REVOKE_ADDRESSES):
+            chunk = unique[start : start + MAX_REVOKE_ADDRESSES]
+            await self._request(functools.partial(self._session.revoke, chunk))
 
     async def _request(self, start: Callable[[], list[int]]) -> None:
         while self._session.send_window <= 0 and not self.closed:
