@@ -95,6 +95,7 @@ def test_a_device_on_node_a_receives_what_was_sent_through_node_b_also_after_a_d
             a_node.kill()
             ended = await asyncio.wait_for(b_on_a.ended, 5)
             assert isinstance(ended, SessionEnded)
+            await b_on_a.close()
 
             # Bob reconnects to B: everything not acknowledged comes again, nothing is lost,
             # and what was shown is not shown twice.
@@ -130,6 +131,7 @@ def test_revocation_through_one_node_drops_the_device_on_another(
             await server.revoke([bob.address])
             ended = await asyncio.wait_for(b_on_b.ended, 3)
             assert ended.code == "revoked"
+            await b_on_b.close()
             with pytest.raises(SessionEnded) as info:
                 await bob.connect(a_node.url)
             assert info.value.code == "revoked"

@@ -135,7 +135,7 @@ def test_revocation_drops_the_connection_at_once_and_refuses_reconnection(
             await bob.connect(relay.url)
         assert info.value.code == "revoked"
         assert not a.closed  # nobody else is affected
-        for conn in (a, server, other_server):
+        for conn in (a, b, server, other_server):
             await conn.close()
 
     asyncio.run(scenario())
@@ -187,6 +187,7 @@ def test_activation_to_an_unknown_server_is_refused(relay: RelayProcess) -> None
         await device.send_activation(os.urandom(16), b"hello?", os.urandom(32))
         ended = await asyncio.wait_for(device.ended, 5)
         assert ended.code == "unknown-server"
+        await device.close()
 
     asyncio.run(scenario())
 
@@ -287,6 +288,8 @@ def test_kill_9_loses_nothing_that_was_accepted(tmp_path: Path) -> None:
                     i += 1
             except (SessionEnded, OSError):
                 return
+            finally:
+                await conn.close()
 
         async def read() -> None:
             try:

@@ -133,6 +133,11 @@ class RelayBackend(abc.ABC):
     limits: QueueLimits
     _routes: dict[bytes, list[ActivationRoute]]
 
+    signals_may_be_lost: bool = False
+    """Whether an ``envelope_queued`` signal can go missing (a cluster: the node that stored
+    the envelope may die before it signals). The service then re-reads every session's queue
+    from its start now and then, so nothing waits for the recipient's next connection."""
+
     @abc.abstractmethod
     async def start(self, listener: BackendListener) -> None:
         """Open the store (creating it if needed) and start delivering signals to

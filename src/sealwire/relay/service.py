@@ -70,6 +70,10 @@ _KNOWN_CODES = ERROR_CODES | {CONNECTION_LOST}
 _NOTICE_BATCH = 256
 _QUEUED_FRAMES_MAX = 1024
 """Frames (small ones: Pongs, Accepteds) queued for a peer above which its reader pauses."""
+_RESYNC_S = 30.0
+"""How often sessions re-read their queue from the start when signals may be lost."""
+_ACK_DELAY_S = 0.002
+"""Acknowledgements of one session are gathered this long and deleted in one call."""
 _PULL_MAX = 32
 """Most envelopes read from the backend at once (at most 8 MiB of 256 KiB envelopes)."""
 _CLOSE_GRACE_S = 2.0
@@ -175,6 +179,8 @@ class _Link:
     inflight: set[bytes] = field(default_factory=set)
     """Delivered in this session and not yet deleted (acknowledged ones stay until the backend
     confirms the deletion), so a pull from the start never delivers one twice."""
+    acks: list[bytes] = field(default_factory=list)
+    """Acknowledged delivery ids gathered for one backend call (see ``_ACK_DELAY_S``)."""
     pulling: bool = False
     deleted_during_pull: set[bytes] = field(default_factory=set)
     """Acknowledged ids whose deletion completed while a pull was reading: that read may
@@ -292,6 +298,8 @@ class Relay:
         self._relay_id = relay_id_for(self.origin)
         self._background.append(asyncio.create_task(self._sweep_expired()))
         self._background.append(asyncio.create_task(self._sample_depth()))
+        if self.backend.signals_may_be_lost:
+            self._background.append(asyncio.create_task(self._resync_periodically()))
         if self.config.metrics:
             self._start_metrics()
         _log.info(
@@ -483,7 +491,9 @@ class Relay:
                 self.metrics.acknowledged.inc(len(event.delivery_ids))
                 # The window opens again; a pull follows only if something is waiting
                 # (``more`` was set when a delivery could not be handed over).
-                self._spawn(self._acknowledge(link, event.delivery_ids))
+                if not link.acks:
+                    asyncio.get_running_loop().call_later(_ACK_DELAY_S, self._flush_acks, link)
+                link.acks.extend(event.delivery_ids)
             elif isinstance(event, ClientVerified):
                 link.peer = event
                 self._spawn(self._admit(link, event))
@@ -681,6 +691,11 @@ class Relay:
             link.session.reject(ref, code, reason)
             self.metrics.rejected.labels(code.value).inc()
         link.wake.set()
+
+    def _flush_acks(self, link: _Link) -> None:
+        ids, link.acks = tuple(link.acks), []
+        if ids:
+            self._spawn(self._acknowledge(link, ids))
 
     async def _acknowledge(self, link: _Link, ids: tuple[bytes, ...]) -> None:
         assert link.peer is not None
@@ -890,6 +905,18 @@ class Relay:
         except StorageError as exc:
             _log.warning("expiry notices not sent", extra={"error": str(exc)})
 
+    async def _resync_periodically(self) -> None:
+        """Cluster backends: a lost signal (its node died after storing) must not leave an
+        envelope waiting for the recipient's next connection; every open session re-reads
+        its queue from the start every ``_RESYNC_S`` seconds."""
+        while True:
+            await asyncio.sleep(_RESYNC_S)
+            for links in self._by_address.values():
+                for link in links:
+                    link.cursor = None
+                    link.more = True
+                    link.wake.set()
+
     async def _sample_depth(self) -> None:
         while True:
             try:
@@ -950,6 +977,9 @@ class Relay:
             if stored is not None:
                 self._hand_over(link, stored)
             else:
+                # No envelope at hand: signals may have been missed (a backend reconnected,
+                # an envelope too large for a signal), so read the queue from its start.
+                link.cursor = None
                 link.more = True
                 link.wake.set()
 
