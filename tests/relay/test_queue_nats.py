@@ -17,7 +17,7 @@ import os
 import struct
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from hypothesis import given
@@ -31,6 +31,7 @@ from sealwire.relay.queue_nats import (
     _decode_signal,
     _encode_route,
     _encode_signal,
+    _token,
 )
 from tests.relay.conftest import RecordingListener, run
 
@@ -148,6 +149,81 @@ def test_quota_is_exact_when_nodes_race_for_the_last_slots(quota: str) -> None:
             await put(a, b"%010d" % 5000)
             with pytest.raises(QueueFull):
                 await put(b, b"%010d" % 5001)
+
+    run(body())
+
+
+async def counter(backend: NatsBackend, key: str) -> int:
+    entry = await backend._kv["bytes"].get(key)
+    assert entry.value is not None
+    return int(entry.value)
+
+
+def test_reserving_and_giving_back_on_different_nodes_never_conflict() -> None:
+    """Enqueues reserve on the recipient's ``in`` counter, acknowledgements give back on its
+    ``out`` counter: the enqueuing and the acknowledging node each keep their counter's
+    mirror current and never read the bucket, and used bytes are ``in - out``."""
+
+    async def body() -> None:
+        async with cluster(QueueLimits(max_bytes=1000)) as nodes:
+            a, _ = await nodes.node("a")
+            b, _ = await nodes.node("b")
+            reads: list[str] = []
+            for node in (a, b):
+                ledger = node._require_ledger()
+                refresh = ledger._refresh
+
+                async def counted(
+                    key: str, refresh: Callable[[str], Awaitable[tuple[int, int]]] = refresh
+                ) -> tuple[int, int]:
+                    reads.append(key)
+                    return await refresh(key)
+
+                ledger._refresh = counted  # type: ignore[method-assign]
+            for i in range(30):
+                stored = await asyncio.gather(*(put(a, b"%09d" % (i * 3 + j)) for j in range(3)))
+                await b.acknowledge(ALICE, [s.delivery_id for s in stored[:2]])
+            assert reads == []
+            key = _token(ALICE)
+            assert await counter(a, key + ".in") == 30 * 3 * 9
+            assert await counter(a, key + ".out") == 30 * 2 * 9
+            await eventually(lambda: a._require_ledger().total == b._require_ledger().total)
+            assert await b.depth() == (30, 30 * 9)
+
+    run(body())
+
+
+def test_a_lagging_mirror_of_given_back_bytes_never_refuses() -> None:
+    async def body() -> None:
+        async with cluster(QueueLimits(max_bytes=30)) as nodes:
+            a, _ = await nodes.node("a")
+            b, _ = await nodes.node("b")
+            stored = [await put(a, b"x" * 10) for _ in range(3)]
+            with pytest.raises(QueueFull):
+                await put(b, b"y")
+            await b.acknowledge(ALICE, [stored[0].delivery_id])
+            # As if a's KV watch had not yet seen b's release.
+            out_key = _token(ALICE) + ".out"
+            ledger = a._require_ledger()
+            ledger._known[out_key] = (0, 1)
+            await put(a, b"z" * 10)  # re-reads ``out`` rather than refusing
+            with pytest.raises(QueueFull):
+                await put(a, b"z")
+            assert await counter(a, _token(ALICE) + ".in") == 40
+            assert await counter(a, out_key) == 10
+
+    run(body())
+
+
+def test_counters_of_another_layout_are_ignored() -> None:
+    async def body() -> None:
+        async with cluster() as nodes:
+            a, _ = await nodes.node("a")
+            ledger = a._require_ledger()
+            ledger.observe(_token(ALICE), 500, 1)  # the earlier single-counter layout
+            assert ledger.total == 0
+            await put(a, b"abc")
+            assert await a.depth() == (1, 3)
 
     run(body())
 

@@ -192,8 +192,33 @@ def test_activation_to_an_unknown_server_is_refused(relay: RelayProcess) -> None
     asyncio.run(scenario())
 
 
+def test_health_check_answers_over_plain_http(relay: RelayProcess) -> None:
+    import urllib.request
+
+    health = relay.url.replace("ws://", "http://") + "/healthz"
+    with urllib.request.urlopen(health, timeout=5) as response:
+        assert response.status == 200
+        assert response.read() == b"ok\n"
+
+
 def test_metrics_count_traffic_without_naming_anyone(relay: RelayProcess) -> None:
+    org = live_org()
+    alice, bob = org.device(1), org.device(2)
+
+    async def traffic() -> None:
+        server = await org.connect_server(relay.url)
+        a = await alice.connect(relay.url)
+        await a.send(alice.seal_to(bob, b"counted"))
+        b = await bob.connect(relay.url)
+        await receive(b, 1)
+        for conn in (a, b, server):
+            await conn.close()
+
+    before = relay.metric("sealwire_relay_envelopes_accepted_total")
+    asyncio.run(traffic())
     text = relay.metrics()
+    for address in (alice.address, bob.address, org.id):
+        assert address.hex() not in text
     for name in (
         "sealwire_relay_connections",
         "sealwire_relay_envelopes_accepted_total",
@@ -202,7 +227,7 @@ def test_metrics_count_traffic_without_naming_anyone(relay: RelayProcess) -> Non
         "sealwire_relay_queue_envelopes",
     ):
         assert name in text
-    assert relay.metric("sealwire_relay_envelopes_accepted_total") > 0
+    assert relay.metric("sealwire_relay_envelopes_accepted_total") == before + 1
 
 
 def test_expired_envelopes_are_reported_to_the_senders_server(tmp_path: Path) -> None:

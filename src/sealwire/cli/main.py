@@ -44,8 +44,8 @@ def _cmd_version(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     raise NotBuiltYet(
         "`sealwire up` will run a relay and an enterprise server in "
-        f"{args.data}, but the services are not built yet: this release contains the "
-        "protocol core only (see README.md, 'Status')."
+        f"{args.data}, but the enterprise server is not built yet (see README.md, "
+        "'Status'). The relay runs on its own: `sealwire relay` (docs/OPERATIONS.md)."
     )
 
 

@@ -6,7 +6,8 @@ subject token or KV key is ever empty)::
 
     stream P_QUEUE      subjects P.q.X(recipient)   one message per queued envelope
     stream P_NOTICES    subjects P.n.X(organisation) one message per expiry notice
-    KV P_bytes          X(recipient) -> envelope bytes queued (decimal ASCII)
+    KV P_bytes          X(recipient).in  -> envelope bytes ever reserved (decimal ASCII)
+                        X(recipient).out -> envelope bytes ever given back (decimal ASCII)
     KV P_orgs           X(organisation) -> root key
     KV P_servers        X(server) -> X(organisation)
     KV P_revoked        X(organisation).X(address) -> b"1"
@@ -26,8 +27,8 @@ Decisions and what they guarantee:
   subscription (:class:`_Publisher`), not one request each.
 * **The enqueue path** is two JetStream round trips in a row, reserve bytes then publish
   (running them concurrently would store envelopes the quota then refuses), plus one core
-  publish of the signal that waits for nothing. Concurrent reservations of one address are
-  one compare-and-set.
+  publish of the signal that waits for nothing. Concurrent reservations of one address on
+  one node are one compare-and-set.
 * **Delivery ids** are the stream sequence as 8 bytes big-endian: stable, never reused (the
   stream's last sequence survives deletions and restarts), and in acceptance order.
 * **Direct hand-over.** The node that stored an envelope calls ``envelope_queued(recipient,
@@ -77,24 +78,34 @@ Decisions and what they guarantee:
 * **Count quota** is exact cluster-wide: ``max_msgs_per_subject`` with ``discard=new`` and
   ``discard_new_per_subject`` makes the stream refuse the publish (API error 10077), which
   becomes :class:`~sealwire.errors.QueueFull`.
-* **Byte quota.** JetStream has no per-subject byte limit, so each recipient has a counter in
-  the ``P_bytes`` bucket, updated by compare-and-set on the KV revision. An enqueue reserves
-  its bytes (refused with QueueFull if the counter would pass ``max_bytes``) *before* it
-  publishes, and gives them back if the publish is refused; acknowledge and expire give them
-  back after their delete succeeded (the delete is the claim, so each envelope is given back
-  once; a purge whose count falls short, because another node deleted some of them
-  meanwhile, gives back only the smallest of them, so the counter errs high). Concurrent
-  changes to one counter on one node are coalesced into one compare-and-set (group commit);
-  nodes racing on one counter retry on a revision conflict. Admissions are
-  decided on the node's mirror of the counter and confirmed by the compare-and-set; a refusal
-  is decided only on a freshly read counter, so a stale mirror never refuses. Guarantee: the
-  bytes queued for an address never exceed ``max_bytes`` (reservations precede storage). A
-  relay node that dies between reserving and publishing, or between deleting and giving back,
-  leaves the counter too high by that envelope (the quota errs towards refusing); a publish
-  that times out, or an enqueue cancelled while it publishes, keeps its reservation for the
-  same reason (the envelope may have been stored). Nothing yet corrects such a drift.
-  Concurrent reservations that later fail on the count quota may briefly refuse others.
-* **Depth** is the stream's message count and the sum of the byte counters, which every node
+* **Byte quota.** JetStream has no per-subject byte limit, so each recipient has two
+  monotonic counters in the ``P_bytes`` bucket: ``in``, the bytes ever reserved for it, and
+  ``out``, the bytes ever given back; the bytes it uses are ``in - out``. Both only grow
+  (Python integers; a 64-bit range would last centuries at 1 GB/s), each is changed only by
+  compare-and-set on its KV revision, and concurrent changes to one counter on one node are
+  coalesced into one compare-and-set (group commit). An enqueue reserves its bytes on ``in``
+  *before* it publishes, and gives them back on ``out`` if the publish is refused;
+  acknowledge and expire give them back on ``out`` after their delete succeeded (the delete
+  is the claim, so each envelope is given back once; a purge whose count falls short,
+  because another node deleted some of them meanwhile, gives back only the smallest of
+  them, so the usage errs high). Reserving and giving back write different keys, so the
+  enqueuing node and the acknowledging node never conflict; only nodes enqueuing to (or
+  only nodes giving back for) the same address at the same moment do, and they retry on the
+  revision conflict. A reservation is decided on this node's mirrors (``in`` is current
+  unless another node reserved meanwhile, which the compare-and-set then catches; the
+  mirror of ``out``, kept by the KV watch, can only lag *below* the truth, which errs towards
+  refusing) and confirmed by the compare-and-set on ``in``: no KV read on the enqueue path.
+  A refusal is decided only after reading ``out`` fresh, so a lagging mirror never refuses.
+  Guarantee: the bytes queued for an address never exceed ``max_bytes`` (reservations
+  precede storage, and ``out`` grows only after a delete). A relay node that dies between
+  reserving and publishing, or between deleting and giving back, leaves the usage too high
+  by that envelope (the quota errs towards refusing); a publish that times out, or an
+  enqueue cancelled while it publishes, keeps its reservation for the same reason (the
+  envelope may have been stored). Nothing yet corrects such a drift. Concurrent
+  reservations that later fail on the count quota may briefly refuse others. Counters of
+  the earlier single-key layout (``X(recipient)`` -> bytes) are ignored: do not mix node
+  versions on one prefix.
+* **Depth** is the stream's message count and the sum of ``in - out``, which every node
   mirrors through a KV watch: exact on one node when idle, eventually exact in a cluster, and
   including reservations in flight.
 * **Expiry** walks the stream from its first message while envelopes are old (the stream is
@@ -427,30 +438,60 @@ def _api_answer(msg: Msg) -> dict[str, object]:
     return answer
 
 
+IN_SUFFIX = ".in"
+OUT_SUFFIX = ".out"
+"""A recipient's two byte counters in ``P_bytes``: ``X(recipient).in`` (bytes ever reserved)
+and ``X(recipient).out`` (bytes ever given back). Keys of any other form are ignored."""
+
+
 class _ByteLedger:
-    """Per-recipient byte counters in a KV bucket, changed by compare-and-set and mirrored in
-    memory (also from other nodes, through :meth:`observe`)."""
+    """Per-recipient byte quota as two monotonic counters in a KV bucket (module docstring,
+    "Byte quota"): ``in`` only grows by reservations, ``out`` only by releases, and the bytes
+    used are ``in - out``. Each counter changes by compare-and-set on its KV revision,
+    changes to one counter on one node coalesced into one compare-and-set; every counter is
+    mirrored in memory (also from other nodes, through :meth:`observe`).
+
+    Reservations and releases write different keys, so an enqueuing node and an
+    acknowledging node never conflict. A reservation decides on ``in`` (its mirror, exact
+    unless another node reserved meanwhile, which the compare-and-set catches) and on the
+    mirror of ``out``, which can only lag below the truth, i.e. err towards refusing; a
+    refusal is therefore only made after reading ``out`` fresh."""
 
     def __init__(self, kv: KeyValue, bucket: str, publisher: _Publisher, max_bytes: int) -> None:
         self._kv = kv
         self._subject = f"$KV.{bucket}."
         self._publisher = publisher
         self._max = max_bytes
-        self._known: dict[str, tuple[int, int]] = {}  # key -> (bytes, KV revision)
+        self._known: dict[str, tuple[int, int]] = {}  # KV key -> (counter, KV revision)
         self.total = 0
+        """Sum over the mirrored recipients of ``in - out``."""
         self._waiting: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
         self._flushers: dict[str, asyncio.Task[None]] = {}
 
     def observe(self, key: str, value: int, revision: int) -> None:
+        if key.endswith(IN_SUFFIX):
+            sign = 1
+        elif key.endswith(OUT_SUFFIX):
+            sign = -1
+        else:
+            return  # not a counter of this layout
         old = self._known.get(key)
         if old is not None and old[1] >= revision:
             return
-        self.total += value - (old[0] if old is not None else 0)
+        self.total += sign * (value - (old[0] if old is not None else 0))
         self._known[key] = (value, revision)
 
-    async def change(self, key: str, amount: int) -> None:
-        """Add ``amount`` (negative: give back) to ``key``'s counter; raises QueueFull if a
-        positive amount would pass the limit."""
+    async def reserve(self, recipient: str, amount: int) -> None:
+        """Add ``amount`` to ``recipient``'s bytes; raises QueueFull if they would pass the
+        limit (nothing is then reserved)."""
+        await self._change(recipient + IN_SUFFIX, amount)
+
+    async def release(self, recipient: str, amount: int) -> None:
+        """Give ``amount`` bytes of ``recipient`` back."""
+        if amount > 0:
+            await self._change(recipient + OUT_SUFFIX, amount)
+
+    async def _change(self, key: str, amount: int) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, []).append((amount, future))
         if key not in self._flushers:
@@ -470,7 +511,10 @@ class _ByteLedger:
         try:
             while batch := self._waiting.pop(key, None):
                 try:
-                    await self._apply(key, batch)
+                    if key.endswith(IN_SUFFIX):
+                        await self._apply_in(key, batch)
+                    else:
+                        await self._apply_out(key, batch)
                 except Exception as exc:
                     error = (
                         exc
@@ -494,44 +538,51 @@ class _ByteLedger:
             return 0, entry.revision or 0
         return int(entry.value), entry.revision
 
-    async def _apply(self, key: str, batch: list[tuple[int, asyncio.Future[None]]]) -> None:
-        known = self._known.get(key)
-        fresh = False
+    async def _refresh(self, key: str) -> tuple[int, int]:
+        """Read ``key`` from the bucket into the mirror; returns the mirror's (newest) value."""
+        self.observe(key, *await self._read(key))
+        return self._known.get(key, (0, 0))
+
+    async def _write(self, key: str, value: int, revision: int) -> bool:
+        """Compare-and-set ``key`` to ``value`` if its revision is still ``revision`` (0: the
+        key must not exist). Returns False on a conflict, after reading the key again."""
+        try:
+            new_revision = await self._publisher.publish(
+                self._subject + key, b"%d" % value, {HDR_EXPECTED_LAST: str(revision)}
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code not in ERR_WRONG_LAST_SEQUENCE:
+                raise
+            await self._refresh(key)  # another node changed it: read it again
+            return False
+        self.observe(key, value, new_revision)
+        return True
+
+    async def _apply_in(self, key: str, batch: list[tuple[int, asyncio.Future[None]]]) -> None:
+        out_key = key[: -len(IN_SUFFIX)] + OUT_SUFFIX
+        out_fresh = False
         for _ in range(CAS_ATTEMPTS):
-            if known is None:
-                known = await self._read(key)
-                self.observe(key, *known)
-                fresh = True
-            value, revision = known
+            # Not mirrored: assume the key does not exist yet; the compare-and-set checks it.
+            value, revision = self._known.get(key, (0, 0))
+            used = value - self._known.get(out_key, (0, 0))[0]
             new = value
             accepted: list[bool] = []
             for amount, _future in batch:
-                if amount > 0 and new + amount > self._max:
+                if amount > 0 and used + amount > self._max:
                     accepted.append(False)
                 else:
-                    new = max(0, new + amount)
+                    used += max(0, amount)
+                    new += max(0, amount)
                     accepted.append(True)
-            if not all(accepted) and not fresh:
-                known = None  # refuse only on the stored value, not on our mirror of it
+            if not all(accepted) and not out_fresh:
+                # Refuse only on a fresh ``out``: our mirror of it may lag behind releases.
+                await self._refresh(out_key)
+                out_fresh = True
                 continue
-            reserved = any(
-                ok and amount > 0 for (amount, _f), ok in zip(batch, accepted, strict=True)
-            )
-            if new != value or reserved:
-                # Writing even an unchanged value checks, by its revision, that what we
-                # admitted was decided on the current count.
-                try:
-                    revision = await self._publisher.publish(
-                        self._subject + key,
-                        b"%d" % new,
-                        {HDR_EXPECTED_LAST: str(revision)},  # 0: the key must not exist
-                    )
-                except nats.js.errors.APIError as exc:
-                    if exc.err_code not in ERR_WRONG_LAST_SEQUENCE:
-                        raise
-                    known = None  # another node changed it: read again and retry
-                    continue
-                self.observe(key, new, revision)
+            # The compare-and-set on ``in`` confirms that no other reservation came in
+            # between; ``out`` only grows, so the true usage is at most what we decided on.
+            if new != value and not await self._write(key, new, revision):
+                continue
             for (_amount, future), ok in zip(batch, accepted, strict=True):
                 if future.done():
                     continue
@@ -540,6 +591,17 @@ class _ByteLedger:
                 else:
                     future.set_exception(QueueFull("queue is at its byte limit"))
             return
+        raise StorageError("NATS: byte counter too contended, try again")
+
+    async def _apply_out(self, key: str, batch: list[tuple[int, asyncio.Future[None]]]) -> None:
+        for _ in range(CAS_ATTEMPTS):
+            # Not mirrored: assume the key does not exist yet; the compare-and-set checks it.
+            value, revision = self._known.get(key, (0, 0))
+            if await self._write(key, value + sum(amount for amount, _ in batch), revision):
+                for _amount, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+                return
         raise StorageError("NATS: byte counter too contended, try again")
 
 
@@ -1035,7 +1097,7 @@ class NatsBackend(RelayBackend):
                 raise QueueFull("envelope is larger than a queue may hold")
             ledger = self._require_ledger()
             key = _token(recipient)
-            await ledger.change(key, len(envelope))
+            await ledger.reserve(key, len(envelope))
             subject = self._queue_subject(recipient)
             headers = {
                 HDR_ACCEPTED_AT: str(accepted_at),
@@ -1048,7 +1110,7 @@ class NatsBackend(RelayBackend):
                 seq = await self._require_publisher().publish(subject, envelope, headers)
             except nats.js.errors.APIError as exc:
                 # The stream answered: nothing was stored, give the bytes back.
-                await ledger.change(key, -len(envelope))
+                await ledger.release(key, len(envelope))
                 if exc.err_code == ERR_MAX_MSGS_PER_SUBJECT:
                     raise QueueFull("queue is at its count limit") from exc
                 raise
@@ -1142,7 +1204,7 @@ class NatsBackend(RelayBackend):
                 deleted = await self._delete(self._queue_stream, seq)
                 self._seen.pop(seq, None)
                 if deleted:
-                    await ledger.change(_token(recipient), -known[1])
+                    await ledger.release(_token(recipient), known[1])
 
             await asyncio.gather(*(one(seq) for seq in seqs))
 
@@ -1182,7 +1244,7 @@ class NatsBackend(RelayBackend):
         sizes = sorted(len(m.data or b"") for m in batch)
         freed = sum(sizes[: min(purged, len(sizes))])
         if freed:
-            await self._require_ledger().change(_token(recipient), -freed)
+            await self._require_ledger().release(_token(recipient), freed)
         return True
 
     async def expire(self, now: int) -> int:
@@ -1233,7 +1295,7 @@ class NatsBackend(RelayBackend):
         envelope = msg.data or b""
         recipient_token = msg.subject.rsplit(".", 1)[1]
         organisation = _untoken(_header(msg, HDR_ORGANISATION))
-        await self._require_ledger().change(recipient_token, -len(envelope))
+        await self._require_ledger().release(recipient_token, len(envelope))
         payload = _encode_notice(
             _untoken(recipient_token),
             hashlib.sha256(envelope).digest(),

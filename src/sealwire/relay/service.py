@@ -72,7 +72,7 @@ _QUEUED_FRAMES_MAX = 1024
 """Frames (small ones: Pongs, Accepteds) queued for a peer above which its reader pauses."""
 _RESYNC_S = 30.0
 """How often sessions re-read their queue from the start when signals may be lost."""
-_ACK_DELAY_S = 0.002
+_ACK_DELAY_S = 0.01
 """Acknowledgements of one session are gathered this long and deleted in one call."""
 _PULL_MAX = 32
 """Most envelopes read from the backend at once (at most 8 MiB of 256 KiB envelopes)."""
