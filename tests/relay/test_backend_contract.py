@@ -514,3 +514,17 @@ def test_refused_enqueue_does_not_signal(backend_factory: BackendFactory) -> Non
             assert listener.queued == []
 
     run(body())
+
+
+def test_enqueue_later_is_enqueue_as_a_future(backend_factory: BackendFactory) -> None:
+    async def body() -> None:
+        async with backend_factory.open(QueueLimits(max_count=1)) as (backend, _):
+            first = backend.enqueue_later(ALICE, b"one", accepted_at=T0, sender_organisation=ORG_1)
+            stored = await first
+            assert stored.envelope == b"one"
+            assert [p.delivery_id for p in await everything(backend, ALICE)] == [stored.delivery_id]
+            second = backend.enqueue_later(ALICE, b"two", accepted_at=T0, sender_organisation=ORG_1)
+            with pytest.raises(QueueFull):
+                await second
+
+    run(body())

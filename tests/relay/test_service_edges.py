@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sealwire.relay.backend import QueueLimits, StoredEnvelope
+from sealwire.relay.backend import QueueLimits, RelayBackend, StoredEnvelope
 from sealwire.relay.config import RelayServiceConfig
 from sealwire.relay.queue_sqlite import SqliteBackend
 from sealwire.relay.service import Relay
@@ -81,6 +81,10 @@ class GatedBackend(SqliteBackend):
         if self.watch_hook is not None:
             await self.watch_hook()
         await super().watch(recipient)
+
+    def enqueue_later(self, recipient: bytes, envelope: bytes, **kwargs: Any) -> Any:
+        # The generic path (a task around enqueue), so that the hooks below apply.
+        return RelayBackend.enqueue_later(self, recipient, envelope, **kwargs)
 
     async def enqueue(self, recipient: bytes, envelope: bytes, **kwargs: Any) -> StoredEnvelope:
         stored = await super().enqueue(recipient, envelope, **kwargs)

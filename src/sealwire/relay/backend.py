@@ -29,6 +29,7 @@ decisions (a cluster backend may for its own timeouts).
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -164,6 +165,22 @@ class RelayBackend(abc.ABC):
                 ``limits.max_bytes``.
             StorageError: the store is unavailable; nothing was stored.
         """
+
+    def enqueue_later(
+        self, recipient: bytes, envelope: bytes, *, accepted_at: int, sender_organisation: bytes
+    ) -> asyncio.Future[StoredEnvelope]:
+        """:meth:`enqueue` as a future that resolves once the envelope is durable, with the
+        same errors (``QueueFull``, ``StorageError``). The service's hot path: a backend that
+        queues work for a writer of its own returns that future directly instead of a task
+        per envelope. Call it on the event loop."""
+        return asyncio.ensure_future(
+            self.enqueue(
+                recipient,
+                envelope,
+                accepted_at=accepted_at,
+                sender_organisation=sender_organisation,
+            )
+        )
 
     @abc.abstractmethod
     async def pending(

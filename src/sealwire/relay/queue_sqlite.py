@@ -304,6 +304,18 @@ class SqliteBackend(RelayBackend):
         except sqlite3.Error as exc:
             raise StorageError(f"relay store: enqueue failed: {exc}") from exc
 
+    def enqueue_later(
+        self, recipient: bytes, envelope: bytes, *, accepted_at: int, sender_organisation: bytes
+    ) -> asyncio.Future[StoredEnvelope]:
+        """See :meth:`RelayBackend.enqueue_later`: the writer's own future, no task."""
+        loop = self._open_loop()
+        future: asyncio.Future[StoredEnvelope] = loop.create_future()
+        if len(envelope) > self.limits.max_bytes:
+            future.set_exception(QueueFull("envelope is larger than an address's queue may hold"))
+            return future
+        self._queue.put(_Enqueue(recipient, envelope, accepted_at, sender_organisation, future))
+        return future
+
     async def pending(
         self, recipient: bytes, *, after: bytes | None, limit: int, now: int
     ) -> list[StoredEnvelope]:
@@ -768,8 +780,12 @@ def _as_storage_error(exc: Exception) -> Exception:
     """A write failed: SQLite's errors are translated by the caller (:func:`_storage_errors`);
     anything else (a value SQLite cannot store, such as a time beyond 64 bits) becomes a
     :class:`StorageError` here, so nothing else reaches the service."""
-    if isinstance(exc, sqlite3.Error | StorageError):
+    if isinstance(exc, StorageError):
         return exc
+    if isinstance(exc, sqlite3.Error):
+        translated = StorageError(f"relay store: write failed: {exc}")
+        translated.__cause__ = exc
+        return translated
     error = StorageError(f"relay store: cannot store this request ({exc.__class__.__name__})")
     error.__cause__ = exc
     return error

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http
 import logging
 import os
@@ -232,6 +233,8 @@ class Relay:
         self._notices_running: set[bytes] = set()
         self._notices_again: set[bytes] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stores: set[asyncio.Future[StoredEnvelope]] = set()
+        """Stores in flight (answered by :meth:`_stored`)."""
         self._background: list[asyncio.Task[None]] = []
         self._stopping = False
         self._metrics_server: Any = None
@@ -344,8 +347,8 @@ class Relay:
             task.cancel()
         # Finish and answer the stores in flight before the sessions end, so that a client
         # is not left guessing (and resending) what was stored.
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        if self._tasks or self._stores:
+            await asyncio.wait([*self._tasks, *self._stores], timeout=5)
         for link in list(self._links):
             link.session.close(ErrorCode.SHUTDOWN, "relay restarting")
             link.wake.set()
@@ -484,8 +487,20 @@ class Relay:
                 if rate_limited:
                     self._refuse_request(link, event.ref, ErrorCode.RATE_LIMITED, "slow down")
                     continue
+                assert link.peer is not None
                 link.submitted_at[event.ref] = time.perf_counter()
-                self._spawn(self._store(link, event))
+                try:
+                    stored = self.backend.enqueue_later(
+                        event.recipient,
+                        event.envelope,
+                        accepted_at=self._clock(),
+                        sender_organisation=link.peer.organisation,
+                    )
+                except StorageError as exc:
+                    stored = asyncio.get_running_loop().create_future()
+                    stored.set_exception(exc)
+                self._stores.add(stored)
+                stored.add_done_callback(functools.partial(self._stored, link, event.ref))
             elif isinstance(event, DeliveriesAcknowledged):
                 assert link.peer is not None
                 self.metrics.acknowledged.inc(len(event.delivery_ids))
@@ -660,24 +675,21 @@ class Relay:
 
     # --- requests -----------------------------------------------------------------------
 
-    async def _store(self, link: _Link, event: EnvelopeSubmitted) -> None:
-        assert link.peer is not None
-        try:
-            await self.backend.enqueue(
-                event.recipient,
-                event.envelope,
-                accepted_at=self._clock(),
-                sender_organisation=link.peer.organisation,
-            )
-        except QueueFull:
-            self._answer(link, event.ref, ErrorCode.QUEUE_FULL, "recipient's queue is full")
-            return
-        except StorageError as exc:
-            _log.warning("enqueue failed", extra={"error": str(exc)})
-            self._answer(link, event.ref, ErrorCode.UNAVAILABLE, "cannot store now; retry")
-            return
-        self.metrics.accepted.inc()
-        self._answer(link, event.ref, None, "")
+    def _stored(self, link: _Link, ref: int, stored: asyncio.Future[StoredEnvelope]) -> None:
+        """A store finished: answer the request (Accepted only now that it is durable)."""
+        self._stores.discard(stored)
+        error = stored.exception() if not stored.cancelled() else StorageError("cancelled")
+        if isinstance(error, QueueFull):
+            self._answer(link, ref, ErrorCode.QUEUE_FULL, "recipient's queue is full")
+        elif error is not None:
+            if not isinstance(error, StorageError):
+                _log.error("enqueue failed unexpectedly", exc_info=error)
+            else:
+                _log.warning("enqueue failed", extra={"error": str(error)})
+            self._answer(link, ref, ErrorCode.UNAVAILABLE, "cannot store now; retry")
+        else:
+            self.metrics.accepted.inc()
+            self._answer(link, ref, None, "")
 
     def _answer(self, link: _Link, ref: int, code: ErrorCode | None, reason: str) -> None:
         started = link.submitted_at.pop(ref, None)
