@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,34 +33,49 @@ async def make_sqlite(store: Path, limits: QueueLimits) -> RelayBackend:
     return SqliteBackend(store / "relay.db", limits)
 
 
+NATS_URL = os.environ.get("SEALWIRE_NATS_URL", "nats://127.0.0.1:4222")
+"""The NATS server with JetStream the relay tests use (``.ci/run`` starts the local one)."""
+
+
+async def connect_nats() -> Any:
+    """A nats-py connection to :data:`NATS_URL`. The one place that decides what a missing
+    server means: the test is skipped, except under ``CI=true`` where it fails."""
+    import nats
+    import nats.errors
+
+    try:
+        where = urllib.parse.urlsplit(NATS_URL)
+        _, probe = await asyncio.wait_for(
+            asyncio.open_connection(where.hostname, where.port or 4222), 2
+        )
+        probe.close()  # a refused port fails here at once; nats-py would keep retrying
+        return await asyncio.wait_for(nats.connect(NATS_URL, connect_timeout=1), 3)
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        message = f"no NATS server with JetStream at {NATS_URL} ({exc!r}); start nats-server -js"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+async def require_nats() -> None:
+    """Skip (or under ``CI=true`` fail) the test unless NATS answers."""
+    nc = await connect_nats()
+    await nc.close()
+
+
 async def make_nats(store: Path, limits: QueueLimits) -> RelayBackend:
     """A NatsBackend on the local NATS server (``SEALWIRE_NATS_URL``), its names derived from
     ``store``. Unreachable NATS skips the test, and fails it under ``CI=true``. Streams left by
     earlier tests (over five minutes old) are deleted here: a factory cannot clean up after."""
     import datetime
     import hashlib
-    import os
-    import urllib.parse
 
-    import nats
-    import nats.errors
     import nats.js.errors
 
     from sealwire.relay.queue_nats import NatsBackend
 
-    url = os.environ.get("SEALWIRE_NATS_URL", "nats://127.0.0.1:4222")
-    try:
-        where = urllib.parse.urlsplit(url)
-        _, probe = await asyncio.wait_for(
-            asyncio.open_connection(where.hostname, where.port or 4222), 2
-        )
-        probe.close()  # a refused port fails here at once; nats-py would keep retrying
-        nc = await asyncio.wait_for(nats.connect(url, connect_timeout=1), 3)
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
-        message = f"no NATS server with JetStream at {url} ({exc!r}); start nats-server -js"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    url = NATS_URL
+    nc = await connect_nats()
     try:
         if not getattr(make_nats, "swept", False):  # once per test process
             setattr(make_nats, "swept", True)  # noqa: B010

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,23 +18,13 @@ import pytest
 from sealwire.errors import InvalidEnvelope
 from sealwire.transport import SessionEnded
 
+from .conftest import NATS_URL, require_nats
 from .harness import RelayProcess, drain, live_org, receive
-
-NATS = ("127.0.0.1", 4222)
-
-
-def _nats_up() -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(NATS, timeout=1):
-        return True
-    return False
 
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    if not _nats_up():
-        if os.environ.get("CI") == "true":
-            pytest.fail("NATS JetStream is not reachable on 127.0.0.1:4222 (CI needs it)")
-        pytest.skip("NATS JetStream is not running on 127.0.0.1:4222")
+    asyncio.run(require_nats())  # skips, or fails under CI=true, without NATS
     name = "swtest" + uuid.uuid4().hex[:10]
     yield name
     asyncio.run(_destroy(name))
@@ -44,7 +33,7 @@ def prefix() -> Iterator[str]:
 async def _destroy(prefix: str) -> None:
     from sealwire.relay.queue_nats import NatsBackend
 
-    backend = NatsBackend("nats://127.0.0.1:4222", prefix=prefix)
+    backend = NatsBackend(NATS_URL, prefix=prefix)
     await backend.destroy()
 
 
@@ -55,6 +44,8 @@ def _node(tmp_path: Path, name: str, prefix: str) -> RelayProcess:
         "nats",
         "--nats-prefix",
         prefix,
+        "--nats-url",
+        NATS_URL,
         env={
             "SEALWIRE_RELAY_SOURCE_CONNECT_RATE": "10000",
             "SEALWIRE_RELAY_SOURCE_CONNECT_BURST": "10000",

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import struct
 import urllib.parse
 import uuid
@@ -33,33 +32,17 @@ from sealwire.relay.queue_nats import (
     _encode_signal,
     _token,
 )
-from tests.relay.conftest import RecordingListener, run
+from tests.relay.conftest import NATS_URL, RecordingListener, require_nats, run
 
 nats = pytest.importorskip("nats")
 
-URL = os.environ.get("SEALWIRE_NATS_URL", "nats://127.0.0.1:4222")
+URL = NATS_URL
 ALICE = b"A" * 32
 BOB = b"B" * 32
 ORG_1 = b"organisation-1"
 ORG_2 = b"organisation-2"
 T0 = 1_700_000_000_000
 LIFETIME = 60_000
-
-
-async def require_nats() -> None:
-    try:
-        where = urllib.parse.urlsplit(URL)
-        _, probe = await asyncio.wait_for(
-            asyncio.open_connection(where.hostname, where.port or 4222), 2
-        )
-        probe.close()  # a refused port fails here at once; nats-py would keep retrying
-        nc = await asyncio.wait_for(nats.connect(URL, connect_timeout=1), 3)
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
-        message = f"no NATS server with JetStream at {URL} ({exc!r}); start nats-server -js"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    await nc.close()
 
 
 class Cluster:
