@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from typing import Any
@@ -62,8 +63,6 @@ def add_relay_parser(sub: Any) -> None:
 
 
 def _cmd_relay(args: argparse.Namespace) -> int:
-    import os
-
     from sealwire.logs import configure_logging
     from sealwire.relay.config import load_config
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import http
 import logging
@@ -36,7 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from sealwire.errors import QueueFull, StorageError
+from sealwire.errors import ConfigError, QueueFull, StorageError, TransportError
 from sealwire.protocol.frames import ERROR_CODES, MAX_FRAME_SIZE, ErrorCode, relay_id_for
 from sealwire.protocol.identity import ChainVerifier, Role, short_address
 from sealwire.protocol.session import (
@@ -239,6 +240,9 @@ class Relay:
         self._stopping = False
         self._metrics_server: Any = None
         self.port = 0
+        """The port listened on, known once started."""
+        self.origin = ""
+        """The canonical origin clients dial, known once started (with the chosen port)."""
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -250,8 +254,6 @@ class Relay:
             ConfigError: TLS files unreadable.
             TransportError: the address cannot be bound.
         """
-        from sealwire.errors import ConfigError, TransportError
-
         await self.backend.start(self)
         for organisation, root in (await self.backend.organisations()).items():
             # Under an allow-list, an organisation registered while the relay was open is
@@ -294,8 +296,6 @@ class Relay:
         origin_config = self.config
         if not self.config.public_origin and self.config.port == 0:
             # The origin includes the port the kernel chose.
-            import dataclasses
-
             origin_config = dataclasses.replace(self.config, port=self.port)
         self.origin = origin_config.origin
         self._relay_id = relay_id_for(self.origin)
@@ -304,7 +304,12 @@ class Relay:
         if self.backend.signals_may_be_lost:
             self._background.append(asyncio.create_task(self._resync_periodically()))
         if self.config.metrics:
-            self._start_metrics()
+            try:
+                self._start_metrics()
+            except ConfigError:
+                self._server.close()
+                await self.backend.close()
+                raise
         _log.info(
             "relay listening",
             extra={"origin": self.origin, "backend": self.config.backend},
@@ -313,14 +318,13 @@ class Relay:
     def _start_metrics(self) -> None:
         from prometheus_client import start_http_server
 
-        from sealwire.errors import ConfigError
-
         host, _, port = self.config.metrics.rpartition(":")
         try:
-            result = start_http_server(int(port), host or "127.0.0.1", self.metrics.registry)
+            self._metrics_server, _ = start_http_server(
+                int(port), host or "127.0.0.1", self.metrics.registry
+            )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"relay metrics {self.config.metrics!r}: {exc}") from None
-        self._metrics_server = result[0] if isinstance(result, tuple) else result
 
     @property
     def relay_id(self) -> bytes:
@@ -437,9 +441,7 @@ class Relay:
         try:
             async for message in ws:
                 if isinstance(message, str):
-                    link.session.close(ErrorCode.MALFORMED, "text message; frames are binary")
-                    self._closed_by_us(link, ErrorCode.MALFORMED.value)
-                    link.wake.set()
+                    self._end(link, ErrorCode.MALFORMED, "text message; frames are binary")
                     break
                 self._receive(link, message, loop.time())
                 if link.session.closed:
@@ -524,6 +526,13 @@ class Relay:
                     code = event.code if event.code in _KNOWN_CODES else "other"
                     self.metrics.closed.labels(code).inc()
 
+    def _end(self, link: _Link, code: ErrorCode, reason: str) -> None:
+        """End an open (or activating) session from the service's side."""
+        if not link.session.closed:
+            link.session.close(code, reason)
+            self._closed_by_us(link, code.value)
+            link.wake.set()
+
     def _refuse_request(self, link: _Link, ref: int, code: ErrorCode, reason: str) -> None:
         link.session.reject(ref, code, reason)
         self.metrics.rejected.labels(code.value).inc()
@@ -580,7 +589,7 @@ class Relay:
                 if session.closed:
                     break
                 if self._may_pull(link):
-                    link.wake.set()  # a byte-limited pull left deliveries for the next round
+                    link.wake.set()  # a full pull: there may be more behind it
         except ConnectionClosed:
             pass
         finally:
@@ -616,8 +625,8 @@ class Relay:
             )
         except StorageError as exc:
             _log.warning("backend read failed; will retry", extra={"error": str(exc)})
-            link.more = True
-            asyncio.get_running_loop().call_later(1.0, link.wake.set)
+            # Retry in a second, not at once (``more`` set now would make the writer spin).
+            asyncio.get_running_loop().call_later(1.0, _pull_again, link)
             return
         finally:
             link.pulling = False
@@ -700,8 +709,7 @@ class Relay:
             if started is not None:
                 self.metrics.accept_latency.observe(time.perf_counter() - started)
         else:
-            link.session.reject(ref, code, reason)
-            self.metrics.rejected.labels(code.value).inc()
+            self._refuse_request(link, ref, code, reason)
         link.wake.set()
 
     def _flush_acks(self, link: _Link) -> None:
@@ -758,8 +766,7 @@ class Relay:
                     self._spawn(self._send_notices(peer.organisation))
             except StorageError as exc:
                 _log.warning("cannot follow the session's queue", extra={"error": str(exc)})
-                link.session.close(ErrorCode.UNAVAILABLE, "relay storage unavailable; retry")
-                self._closed_by_us(link, ErrorCode.UNAVAILABLE.value)
+                self._end(link, ErrorCode.UNAVAILABLE, "relay storage unavailable; retry")
             if link.finished and address not in self._by_address:
                 # The connection went away while we subscribed: do not keep watching.
                 with contextlib.suppress(StorageError):
@@ -822,14 +829,11 @@ class Relay:
         return route
 
     async def _activate(self, link: _Link, event: ActivationSubmitted) -> None:
-        session = link.session
         if event.server is not None:  # from an activating device
             try:
                 if link.activation_id is None:
                     if not await self.backend.is_registered_server(event.server):
-                        session.close(ErrorCode.UNKNOWN_SERVER, "no such enterprise server here")
-                        self._closed_by_us(link, ErrorCode.UNKNOWN_SERVER.value)
-                        link.wake.set()
+                        self._end(link, ErrorCode.UNKNOWN_SERVER, "no such enterprise server here")
                         return
                     link.activation_id = os.urandom(16)
                     link.activation_server = event.server
@@ -843,10 +847,8 @@ class Relay:
             except StorageError as exc:
                 _log.warning("activation routing failed", extra={"error": str(exc)})
                 delivered = False
-            if not delivered and not session.closed:
-                session.close(ErrorCode.UNAVAILABLE, "the enterprise server is not connected")
-                self._closed_by_us(link, ErrorCode.UNAVAILABLE.value)
-                link.wake.set()
+            if not delivered:
+                self._end(link, ErrorCode.UNAVAILABLE, "the enterprise server is not connected")
             return
         # From a server: an answer to the device whose run has the relay's id ``session``.
         assert link.peer is not None
@@ -1021,9 +1023,7 @@ class Relay:
                 peer = link.peer
                 # Scoped: only certificates of the revoking organisation (FRAMES.md, Revoke).
                 if peer is not None and peer.organisation == organisation:
-                    link.session.close(ErrorCode.REVOKED, "address revoked by its organisation")
-                    self._closed_by_us(link, ErrorCode.REVOKED.value)
-                    link.wake.set()
+                    self._end(link, ErrorCode.REVOKED, "address revoked by its organisation")
 
     def organisation_registered(self, organisation: bytes, root: bytes) -> None:
         if self._serves(organisation):
@@ -1049,6 +1049,11 @@ def _abort(ws: ServerConnection) -> None:
     """Cut a connection that did not finish closing in time (its peer stopped reading)."""
     if ws.state is not State.CLOSED and ws.transport is not None:
         ws.transport.abort()
+
+
+def _pull_again(link: _Link) -> None:
+    link.more = True
+    link.wake.set()
 
 
 def _backlogged(link: _Link) -> bool:

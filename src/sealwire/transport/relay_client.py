@@ -62,8 +62,9 @@ def _now_ms() -> int:
 class RelayConnection:
     """A connected relay session. Make one with :meth:`open` or :meth:`open_for_activation`.
 
-    Deliveries, activation messages and expiry notices arrive on bounded queues
-    (``deliveries``, ``activations``, ``expiries``); the relay's delivery window bounds them.
+    Deliveries, activation messages and expiry notices arrive on queues (``deliveries``,
+    ``activations``, ``expiries``). The relay's delivery window bounds what an honest relay
+    puts there; the client does not enforce it.
     """
 
     def __init__(
