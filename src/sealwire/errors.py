@@ -10,10 +10,12 @@ Every exception the package raises on purpose is a :class:`SealwireError`::
     │   ├── InvalidEnvelope       an envelope could not be opened (one opaque error, no detail)
     │   ├── InvalidSignature      a signature over a labelled message did not verify
     │   ├── InvalidCertificate    a certificate chain did not verify (reason names the check)
-    │   └── ActivationFailed      the activation PAKE did not confirm (wrong password or attack)
+    │   ├── ActivationFailed      the activation PAKE did not confirm (wrong password or attack)
+    │   └── WrongPasscode         a device passcode (or server passphrase) did not open the store
     ├── TransportError            a connection could not be made or broke
     ├── StorageError              the database or a file store failed
     │   └── QueueFull             a relay queue is at its count or byte limit
+    ├── DeviceLocked              the device's store is locked: unlock it with the passcode
     └── ConfigError               a configuration value is missing or invalid
 
 ``sealwire.mls`` is a self-contained library (RFC 9420) and keeps its own tree rooted at
@@ -30,6 +32,7 @@ __all__ = [
     "ConfigError",
     "CryptoError",
     "DecodeError",
+    "DeviceLocked",
     "InvalidCertificate",
     "InvalidEnvelope",
     "InvalidSignature",
@@ -39,6 +42,7 @@ __all__ = [
     "SealwireError",
     "StorageError",
     "TransportError",
+    "WrongPasscode",
 ]
 
 
@@ -107,6 +111,14 @@ class ActivationFailed(CryptoError):
 
     The two cases are indistinguishable by design.
     """
+
+
+class WrongPasscode(CryptoError):
+    """A passcode did not open the device's store (Argon2id-derived key, AEAD check)."""
+
+
+class DeviceLocked(SealwireError):
+    """The device's store is locked; the message says how to unlock it."""
 
 
 class TransportError(SealwireError):

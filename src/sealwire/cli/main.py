@@ -41,14 +41,6 @@ def _cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_up(args: argparse.Namespace) -> int:
-    raise NotBuiltYet(
-        "`sealwire up` will run a relay and an enterprise server in "
-        f"{args.data}, but the enterprise server is not built yet (see README.md, "
-        "'Status'). The relay runs on its own: `sealwire relay` (docs/OPERATIONS.md)."
-    )
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sealwire",
@@ -56,12 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sealwire {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    up = sub.add_parser("up", help="run a relay and an enterprise server on embedded defaults")
-    up.add_argument("--data", default="./sealwire-data", help="data directory")
-    up.set_defaults(func=_cmd_up)
+    from .demo import add_demo_parser
+    from .device import add_device_parser
     from .relay import add_relay_parser
+    from .server import add_server_parsers
 
+    add_server_parsers(sub)
     add_relay_parser(sub)
+    add_device_parser(sub)
+    add_demo_parser(sub)
     version = sub.add_parser("version", help="print the version and protocol suite")
     version.set_defaults(func=_cmd_version)
     return parser

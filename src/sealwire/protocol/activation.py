@@ -37,8 +37,11 @@ exception. Calling a local method in the wrong state raises
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -100,6 +103,9 @@ __all__ = [
     "ServerState",
     "decode_message",
     "encode_message",
+    "normalise_password",
+    "ticket_from_text",
+    "ticket_to_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -152,8 +158,46 @@ class ActivationTicket(Struct):
     """Argon2id parameters and salt for the password (chosen by the server)."""
 
     def password_scalar(self, password: str) -> bytes:
-        """The SPAKE2 scalar ``w`` of ``password`` for this ticket (Argon2id: slow)."""
+        """The SPAKE2 scalar ``w`` of ``password`` for this ticket (Argon2id: slow).
+
+        Applications pass the password through :func:`normalise_password` first.
+        """
         return password_scalar(password, self.params, id_a=self.ticket_id, id_b=self.server)
+
+
+TICKET_TEXT_PREFIX = "sealwire-ticket:"
+_PASSWORD_SEPARATORS = str.maketrans("", "", " -\t")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def normalise_password(password: str) -> str:
+    """Activation passwords are shown in groups (``K7QM-2XPA-9RTD``): people may type them in
+    any case, with or without the dashes and spaces."""
+    return password.translate(_PASSWORD_SEPARATORS).upper()
+
+
+def ticket_to_text(ticket: ActivationTicket) -> str:
+    """The ticket as one copy-and-paste line: ``sealwire-ticket:`` + base64url (no padding)."""
+    return TICKET_TEXT_PREFIX + base64.urlsafe_b64encode(ticket.encode()).decode().rstrip("=")
+
+
+def ticket_from_text(text: str) -> ActivationTicket:
+    """Parse what :func:`ticket_to_text` made (surrounding white space is ignored).
+
+    Raises:
+        DecodeError: if ``text`` is not a valid ticket.
+    """
+    text = text.strip()
+    if not text.startswith(TICKET_TEXT_PREFIX) or len(text) > 1024:
+        raise DecodeError("not a Sealwire activation ticket (it starts with 'sealwire-ticket:')")
+    body = text[len(TICKET_TEXT_PREFIX) :]
+    if not _BASE64URL.fullmatch(body):
+        raise DecodeError("the activation ticket is damaged (characters outside base64url)")
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except (ValueError, binascii.Error):
+        raise DecodeError("the activation ticket is damaged (bad base64)") from None
+    return ActivationTicket.decode(raw, max_size=1024)
 
 
 @dataclass(frozen=True)

@@ -69,8 +69,10 @@ __all__ = [
     "hpke_seal",
     "label",
     "labelled",
+    "open_at_rest",
     "pad",
     "padded_size",
+    "seal_at_rest",
     "sha256",
     "unpad",
     "verify_signature",
@@ -291,6 +293,32 @@ def aead_open(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         raise CryptoError("AEAD open failed") from exc
 
 
+def seal_at_rest(
+    key: bytes, plaintext: bytes, *, purpose: str, context: bytes, random: RandomSource
+) -> bytes:
+    """Encrypt data kept on disk or in a database: ``nonce (12) || AES-256-GCM ciphertext``.
+
+    The key used is ``hkdf(key, purpose=purpose)`` and the associated data is
+    ``labelled(purpose, context)``: bind ``context`` to where the blob lives (a row key, a file
+    name) so that blobs cannot be swapped. Fresh random nonces: at most 2^32 blobs per key.
+    """
+    nonce = random(AEAD_NONCE_SIZE)
+    sealed = aead_seal(hkdf(key, purpose=purpose), nonce, plaintext, labelled(purpose, context))
+    return nonce + sealed
+
+
+def open_at_rest(key: bytes, blob: bytes, *, purpose: str, context: bytes) -> bytes:
+    """Decrypt what :func:`seal_at_rest` made with the same ``key``, ``purpose``, ``context``.
+
+    Raises:
+        CryptoError: wrong key, wrong context, or altered data (opaque).
+    """
+    if len(blob) < AEAD_NONCE_SIZE + AEAD_TAG_SIZE:
+        raise CryptoError("AEAD open failed")
+    nonce, sealed = blob[:AEAD_NONCE_SIZE], blob[AEAD_NONCE_SIZE:]
+    return aead_open(hkdf(key, purpose=purpose), nonce, sealed, labelled(purpose, context))
+
+
 # --- Argon2id --------------------------------------------------------------------------------
 
 
@@ -314,7 +342,11 @@ class Argon2Params(Struct):
 
 
 def derive_passcode_key(passcode: str, params: Argon2Params, *, purpose: str) -> bytes:
-    """Derive a 32-byte key from a passcode with Argon2id; ``ad`` carries ``label(purpose)``."""
+    """Derive a 32-byte key from a passcode with Argon2id; ``ad`` carries ``label(purpose)``.
+
+    Services run it in worker threads through ``sealwire._argon2.in_thread`` (one at a time:
+    concurrent derivations can deadlock in OpenSSL's thread pool).
+    """
     kdf = Argon2id(
         salt=params.salt,
         length=32,

@@ -1007,7 +1007,9 @@ class Relay:
             # only a pull from the start can tell whether it is still to be delivered.
             link.cursor = None
             link.more = True
-        elif not link.more and self._may_deliver(link):
+        elif not link.more and not link.pulling and self._may_deliver(link):
+            # Not during a pull: the pull may return older envelopes it has not reached yet,
+            # and a cursor moved past them here would skip them for the rest of the session.
             link.session.deliver(stored.delivery_id, stored.envelope)
             link.inflight.add(stored.delivery_id)
             link.cursor = stored.delivery_id

@@ -1,0 +1,195 @@
+"""``sealwire device ...``: a person's device, through the :class:`~sealwire.device.Device`
+façade. Secrets (activation password, passcode) come from the terminal, or from standard input
+with ``--password-stdin`` / ``--passcode-stdin``; never from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from sealwire.errors import ConfigError
+
+__all__ = ["add_device_parser", "format_message"]
+
+
+def add_device_parser(sub: Any) -> None:
+    """Add ``device`` to the ``sealwire`` parser."""
+    device = sub.add_parser(
+        "device",
+        help="a person's device: activate, send, inbox, listen, devices, status, lock, unlock",
+    )
+    device.add_argument(
+        "--home",
+        default=os.environ.get("SEALWIRE_HOME", "./sealwire-device"),
+        help="the device's home directory (default $SEALWIRE_HOME or ./sealwire-device)",
+    )
+    ops = device.add_subparsers(dest="op", required=True, metavar="OP")
+    activate = ops.add_parser("activate", help="activate this device with a ticket")
+    activate.add_argument("ticket", help="the activation ticket (sealwire-ticket:...)")
+    activate.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the activation password, then the new passcode, from standard input",
+    )
+    send = ops.add_parser("send", help="send a message to a person")
+    send.add_argument("user")
+    send.add_argument("text", help="the message ('-' reads it from standard input)")
+    inbox = ops.add_parser("inbox", help="fetch new messages and show the conversations")
+    inbox.add_argument("--with", dest="peer", default=None, help="only the conversation with USER")
+    inbox.add_argument("--offline", action="store_true", help="do not connect; show what is here")
+    inbox.add_argument("--json", action="store_true", help="one JSON object per message")
+    listen = ops.add_parser("listen", help="stay connected and print new messages")
+    listen.add_argument("--json", action="store_true", help="one JSON object per message")
+    devices = ops.add_parser("devices", help="list the devices of a person (default: yours)")
+    devices.add_argument("user", nargs="?")
+    ops.add_parser("status", help="this device: person, organisation, relay, lock state")
+    ops.add_parser("lock", help="lock the store (the passcode is needed to unlock it)")
+    unlock = ops.add_parser("unlock", help="unlock the store with the passcode")
+    unlock.add_argument("--passcode-stdin", action="store_true", help="read it from stdin")
+    device.set_defaults(func=_cmd_device)
+
+
+def _secret(prompt: str, *, from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise ConfigError(f"standard input ended before the {prompt.lower().rstrip(': ')}")
+        return line.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise ConfigError("no terminal to ask for secrets: use --password-stdin/--passcode-stdin")
+    return getpass.getpass(prompt)
+
+
+def format_message(record: Any, me: str) -> str:
+    """One line for a person to read."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.sent_at / 1000))
+    if record.outgoing:
+        state = record.state.name.lower()
+        return f"[{when}] you → {record.recipient} ({state}): {record.text}"
+    return f"[{when}] {record.sender} → you: {record.text}"
+
+
+def _as_json(record: Any) -> str:
+    return json.dumps(
+        {
+            "id": record.message_id.hex(),
+            "from": record.sender,
+            "to": record.recipient,
+            "outgoing": record.outgoing,
+            "state": record.state.name.lower(),
+            "sent_at": record.sent_at,
+            "text": record.text,
+        },
+        ensure_ascii=False,
+    )
+
+
+def _cmd_device(args: argparse.Namespace) -> int:
+    from sealwire.logs import configure_logging
+
+    configure_logging("text", os.environ.get("SEALWIRE_LOG_LEVEL", "warning"))
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from sealwire.device import Device
+
+    if args.op == "activate":
+        password = _secret("Activation password: ", from_stdin=args.password_stdin)
+        passcode = _secret("New passcode for this device: ", from_stdin=args.password_stdin)
+        if not args.password_stdin and getpass.getpass("Again: ") != passcode:
+            raise ConfigError("the two passcodes differ")
+        print("activating (this takes a few seconds)...", file=sys.stderr, flush=True)
+        device = await Device.activate(args.home, args.ticket, password, passcode)
+        info = device.info()
+        device.close()
+        print(
+            f"activated: {info.display_name} ({info.user}) of {info.organisation}; "
+            f"device address {_short(info.address)}. The device is unlocked."
+        )
+        return 0
+    device = Device.open(args.home)
+    try:
+        return await _with_device(device, args)
+    finally:
+        device.close()
+
+
+async def _with_device(device: Any, args: argparse.Namespace) -> int:
+    if args.op == "lock":
+        device.lock()
+        print("locked")
+        return 0
+    if args.op == "unlock":
+        await device.unlock(_secret("Passcode: ", from_stdin=args.passcode_stdin))
+        print("unlocked")
+        return 0
+    if args.op == "status":
+        if device.locked:
+            print(f"home         {device.store.home}\nstate        locked")
+            return 0
+        info = device.info()
+        expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(info.certificate_expires))
+        print(
+            f"person       {info.display_name} ({info.user})\n"
+            f"organisation {info.organisation} ({info.organisation_id.hex()[:16]}…)\n"
+            f"device       {_short(info.address)}\n"
+            f"relay        {info.relay}\n"
+            f"certificate  valid until {expires}\n"
+            f"state        unlocked"
+        )
+        return 0
+    if args.op == "send":
+        text = sys.stdin.read() if args.text == "-" else args.text
+        if not text.strip():
+            raise ConfigError("the message is empty")
+        await device.send(args.user, text)
+        print(f"sent to {args.user}")
+        return 0
+    if args.op == "inbox":
+        if not args.offline:
+            await device.sync()
+        records = device.store.messages(peer=args.peer)
+        me = device.info().user
+        for record in records:
+            print(_as_json(record) if args.json else format_message(record, me))
+        if not records and not args.json:
+            print("no messages")
+        if not args.offline:
+            async with device.online():
+                await device.mark_read(records)
+        else:
+            await device.mark_read(records)
+        return 0
+    if args.op == "devices":
+        async with device.online():
+            found = await device.devices(args.user)
+        for address, this in found:
+            print(_short(address) + ("  (this device)" if this else ""))
+        return 0
+    if args.op == "listen":
+        me = device.info().user
+        device.on_message = lambda record: print(
+            _as_json(record) if args.json else format_message(record, me), flush=True
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"listening as {me} (Ctrl-C stops)", file=sys.stderr, flush=True)
+        await device.listen(stop)
+        return 0
+    raise ConfigError(f"unknown device command {args.op}")
+
+
+def _short(address: bytes) -> str:
+    from sealwire.protocol.identity import short_address
+
+    return short_address(address)

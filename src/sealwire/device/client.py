@@ -1,0 +1,1062 @@
+"""The device client: one façade, :class:`Device`, that the CLI (and later the TUI) uses.
+
+A device activates once with a ticket and its one-time password (SPAKE2 through the relay,
+DESIGN §7), then talks only through its relay: envelopes sealed to each device of a person,
+and to the sender's own other devices; directory look-ups sealed to its server, answered and
+signed by it; delivery and read receipts back to the sending device.
+
+Nothing is lost on the way: an incoming message is stored (with its envelope id, in one
+transaction) before the relay is told to delete it; an outgoing one is stored with its sealed
+copies before the first is handed to the relay, and copies the relay has not accepted are
+sent again on the next connection. A message is shown once however often it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sealwire._argon2 import in_thread
+from sealwire.errors import (
+    ActivationFailed,
+    ConfigError,
+    CryptoError,
+    DecodeError,
+    InvalidEnvelope,
+    SealwireError,
+    TransportError,
+)
+from sealwire.protocol.activation import (
+    ActivationAborted,
+    ActivationCompleted,
+    ActivationRefused,
+    DeviceActivation,
+    RefusalCode,
+    ServerAnswer,
+    ServerNotConfirmed,
+    normalise_password,
+    ticket_from_text,
+)
+from sealwire.protocol.codec import Struct, wire
+from sealwire.protocol.directory import (
+    MAX_USERS_PER_QUERY,
+    REQUEST_ID_SIZE,
+    ActivationDirectory,
+    CertificateRenewed,
+    DirectoryQuery,
+    Policy,
+    PrekeysPublished,
+    PublishPrekeys,
+    RenewCertificate,
+    SignedDirectoryAnswer,
+    SignedPolicy,
+    UserEntry,
+    decode_directory_message,
+    encode_directory_message,
+    verify_prekey,
+)
+from sealwire.protocol.envelope import (
+    DEFAULT_LIFETIME_MS,
+    OpenedEnvelope,
+    PayloadType,
+    open_envelope,
+    seal,
+)
+from sealwire.protocol.identity import (
+    MAX_CERTIFICATE_SIZE,
+    MAX_CHAIN,
+    Certificate,
+    ChainVerifier,
+    Role,
+    address_of,
+    sign_prekey,
+)
+from sealwire.protocol.messaging import (
+    APP_MESSAGE_ID_SIZE,
+    MAX_RECEIPT_IDS,
+    ChatMessage,
+    Receipt,
+    ReceiptKind,
+)
+from sealwire.protocol.session import EnvelopeDelivered
+from sealwire.protocol.suite import SigningKey, XWingPrivateKey, XWingPublicKey
+from sealwire.transport import RelayConnection, RequestRefused
+
+from .store import DeviceStore, MessageRecord, MessageState
+
+__all__ = ["Device", "DeviceInfo", "Peer"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_PREKEY_LIFETIME_FACTOR = 2
+_ANSWER_TIMEOUT_S = 15.0
+_MAX_CACHE_S = 86400
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A device of a person, ready to seal to."""
+
+    address: bytes
+    prekey_id: int
+    prekey: XWingPublicKey
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What ``sealwire device status`` shows."""
+
+    user: str
+    display_name: str
+    organisation: str
+    organisation_id: bytes
+    address: bytes
+    relay: str
+    certificate_expires: int
+    locked: bool
+
+
+class Device:
+    """An activated device in its home directory.
+
+    Open one with :meth:`open` (or make one with :meth:`activate`), ``unlock`` it if needed,
+    then use it inside ``async with device.online():`` to send and receive, or call the
+    one-shot helpers (:meth:`send`, :meth:`sync`) that connect for the duration of the call.
+
+    Args:
+        store: the device's encrypted store.
+        clock: Unix milliseconds.
+        random: source of random bytes.
+        on_message: called with every new message stored (``listen`` prints them).
+    """
+
+    def __init__(
+        self,
+        store: DeviceStore,
+        *,
+        clock: Callable[[], int] = _now_ms,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self._random = random
+        self._conn: RelayConnection | None = None
+        self._pending: dict[bytes, asyncio.Future[object]] = {}
+        self._inbound: asyncio.Queue[tuple[EnvelopeDelivered, OpenedEnvelope]] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sending: set[int] = set()
+        self._writes: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._committing = False
+        self._background: set[asyncio.Task[None]] = set()
+        self._entries: dict[str, tuple[int, UserEntry]] = {}
+        """Directory entries in memory: user → (use until, entry)."""
+        self._verified: dict[str, tuple[UserEntry, list[Peer], int]] = {}
+        """Verified peers of an entry: user → (entry, peers, valid until)."""
+        self._prekeys: dict[int, XWingPrivateKey] = {}
+        self._asking: dict[str, asyncio.Future[dict[str, UserEntry]]] = {}
+        self.on_message: Callable[[MessageRecord], None] | None = None
+        self._loaded = False
+
+    # --- opening and activation -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, home: str | Path, **kwargs: object) -> Device:
+        """Open the device in ``home`` (locked unless a session is open).
+
+        Raises:
+            ConfigError: no device there.
+        """
+        return cls(DeviceStore.open(Path(home)), **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    async def activate(
+        cls,
+        home: str | Path,
+        ticket_text: str,
+        password: str,
+        passcode: str,
+        *,
+        clock: Callable[[], int] = _now_ms,
+        random: Callable[[int], bytes] = os.urandom,
+        timeout: float = 60.0,
+    ) -> Device:
+        """Activate a new device in ``home`` with a ticket and its one-time password.
+
+        The new store is created only once the server has answered: a failed activation
+        leaves nothing behind.
+
+        Raises:
+            ActivationFailed: wrong password, burned or expired ticket, refusal or tampering
+                (the message says which, as far as the device can know).
+            TransportError: the relay or the server could not be reached.
+            ConfigError: bad ticket, short passcode, or ``home`` holds a device already.
+        """
+        home = Path(home)
+        if DeviceStore.exists(home):
+            raise ConfigError(f"{home} holds an activated device already")
+        from .store import MIN_PASSCODE
+
+        if len(passcode) < MIN_PASSCODE:
+            raise ConfigError(f"a passcode has at least {MIN_PASSCODE} characters")
+        try:
+            ticket = ticket_from_text(ticket_text)
+        except DecodeError as exc:
+            raise ConfigError(f"that is not a valid activation ticket: {exc.reason}") from None
+        identity = SigningKey.generate(random)
+        prekey = XWingPrivateKey.generate(random)
+        now_s = clock() // 1000
+        prekey_id = int.from_bytes(random(4), "big")
+        signed = sign_prekey(
+            identity,
+            prekey_id=prekey_id,
+            public_key=prekey.public_key,
+            not_after=now_s + _PREKEY_LIFETIME_FACTOR * 7 * 86400,
+        )
+        run = DeviceActivation(
+            ticket,
+            normalise_password(password),
+            identity=identity,
+            signed_prekeys=[signed.encode()],
+            random=random,
+        )
+        await in_thread(run.start)  # Argon2id: off the event loop
+        answer = await _run_activation(ticket.relay, ticket.server, run, random(16), timeout)
+        verifier = ChainVerifier({})
+        verifier.add_root(answer.organisation_root_key)
+        try:
+            leaf = verifier.verify(answer.certificate_chain, now=now_s, role=Role.DEVICE)
+            if leaf.body.identity_key != identity.public_key:
+                raise ActivationFailed("the server certified another key")
+            directory = ActivationDirectory.decode(answer.directory, max_size=10 * 1024)
+            server = Certificate.parse(answer.certificate_chain[-1])
+            policy = SignedPolicy.decode(answer.policy, max_size=4096).verify(
+                server.body.identity_key
+            )
+            verify_prekey(directory.server_prekey, server.body.identity_key, now=now_s)
+        except (CryptoError, DecodeError) as exc:
+            raise ActivationFailed(f"the server's answer does not check out: {exc}") from None
+        store = await in_thread(DeviceStore.create, home, passcode, random=random)
+        store.put_secret("identity", identity.seed())
+        store.put_secret("chain", _join(answer.certificate_chain))
+        store.put_secret("root", answer.organisation_root_key)
+        store.put_secret("directory", answer.directory)
+        store.put_secret("policy", policy.encode())
+        store.add_prekey(prekey_id, prekey.seed(), created_at=now_s)
+        device = cls(store, clock=clock, random=random)
+        try:
+            # The server lists a new device only once it has heard from it (proof that the
+            # answer arrived): say hello now.
+            async with device.online():
+                pass
+        except SealwireError as exc:
+            log.warning(
+                "activated; the server will list this device once it is reached",
+                extra={"reason": str(exc)},
+            )
+        return device
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        seed = self.store.secret("identity")
+        chain = self.store.secret("chain")
+        root = self.store.secret("root")
+        directory = self.store.secret("directory")
+        policy = self.store.secret("policy")
+        if seed is None or chain is None or root is None or directory is None or policy is None:
+            raise ConfigError(f"the device in {self.store.home} is incomplete; activate again")
+        self._identity = SigningKey.from_seed(seed)
+        self.address = address_of(self._identity.public_key)
+        self._chain = _split(chain)
+        self._root = root
+        self.organisation = address_of(root)
+        self._directory = ActivationDirectory.decode(directory, max_size=10 * 1024)
+        self._policy = Policy.decode(policy, max_size=4096)
+        self.user = self._directory.user
+        server = Certificate.parse(self._chain[-1])
+        self._server_key = server.body.identity_key
+        self.server_address = server.body.subject
+        signed = verify_prekey(
+            self._directory.server_prekey, self._server_key, now=self._clock() // 1000
+        )
+        self._server_peer = Peer(
+            self.server_address, signed.prekey.prekey_id, XWingPublicKey(signed.prekey.public_key)
+        )
+        self._verifier = ChainVerifier({self.organisation: root})
+        self._loaded = True
+
+    # --- locking --------------------------------------------------------------------------
+
+    @property
+    def locked(self) -> bool:
+        return self.store.locked
+
+    async def unlock(self, passcode: str) -> None:
+        """Raises: WrongPasscode."""
+        await in_thread(self.store.unlock, passcode)
+
+    def lock(self) -> None:
+        self.store.lock()
+        self._loaded = False
+
+    def close(self) -> None:
+        self.store.close()
+
+    def info(self) -> DeviceInfo:
+        self._load()
+        return DeviceInfo(
+            user=self.user,
+            display_name=self._directory.display_name,
+            organisation=self._directory.organisation_name,
+            organisation_id=self.organisation,
+            address=self.address,
+            relay=self._directory.relay,
+            certificate_expires=min(Certificate.parse(c).body.not_after for c in self._chain),
+            locked=self.locked,
+        )
+
+    # --- the connection -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def online(self) -> AsyncIterator[Device]:
+        """Connect to the relay for the duration of the block: incoming envelopes are handled
+        in the background, the outbox is flushed, prekeys and the certificate are kept fresh.
+
+        Raises:
+            TransportError: the relay is unreachable or refused the device (``revoked``...).
+            DeviceLocked: the store is locked.
+        """
+        self._load()
+        conn = await RelayConnection.open(
+            self._directory.relay, identity=self._identity, chain=self._chain
+        )
+        self._conn = conn
+        self._inbound = asyncio.Queue()
+        self._tasks = [
+            asyncio.create_task(self._dispatch(conn)),
+            asyncio.create_task(self._process_inbound()),
+        ]
+        try:
+            await self._flush_outbox()
+            await self._maintain()
+            self._announce(self.store.messages(verified=False))  # left unchecked last time
+            yield self
+            if self._background:  # receipts on their way: let them reach the relay
+                await asyncio.wait(self._background, timeout=5)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._tasks = []
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(TransportError("the relay connection closed"))
+            self._pending.clear()
+            self._conn = None
+            await conn.close()
+
+    def _connection(self) -> RelayConnection:
+        if self._conn is None or self._conn.closed:
+            why = self._conn.ended.result() if self._conn and self._conn.ended.done() else None
+            raise TransportError("not connected to the relay" + (f" ({why.code})" if why else ""))
+        return self._conn
+
+    async def _send_envelope(self, envelope: bytes) -> None:
+        try:
+            await self._connection().send(envelope)
+        except RequestRefused as exc:
+            raise TransportError(f"the relay refused an envelope ({exc.code})") from exc
+
+    async def _dispatch(self, conn: RelayConnection) -> None:
+        """Read deliveries: server answers are handled at once (they may be awaited by the
+        message worker), everything else goes to the worker in order."""
+        assert self._inbound is not None
+        while True:
+            delivered = await conn.deliveries.get()
+            try:
+                opened = open_envelope(
+                    delivered.envelope,
+                    recipient=self.address,
+                    prekeys=self._private_prekey,
+                    verifier=self._verifier,
+                    now_ms=self._clock(),
+                )
+            except InvalidEnvelope:
+                log.info("dropped an envelope that does not open")
+                conn.ack([delivered.delivery_id])
+                continue
+            if opened.sender.body.subject == self.server_address:
+                self._handle_server(opened)
+                self.store.first_seen(opened.message_id, opened.sent_at, self._horizon())
+                conn.ack([delivered.delivery_id])
+            else:
+                await self._inbound.put((delivered, opened))
+
+    def _horizon(self) -> int:
+        return self._clock() - DEFAULT_LIFETIME_MS
+
+    def _private_prekey(self, prekey_id: int) -> XWingPrivateKey | None:
+        key = self._prekeys.get(prekey_id)
+        if key is None:
+            seed = self.store.prekey_seed(prekey_id)
+            if seed is None:
+                return None
+            key = self._prekeys[prekey_id] = XWingPrivateKey(seed)
+        return key
+
+    def _handle_server(self, opened: OpenedEnvelope) -> None:
+        if opened.payload_type is not PayloadType.DIRECTORY:
+            return
+        try:
+            message = decode_directory_message(opened.body)
+        except DecodeError:
+            return
+        request_id = getattr(message, "request_id", None)
+        if isinstance(message, SignedDirectoryAnswer):
+            request_id = message.answer.request_id
+        future = self._pending.pop(request_id, None) if request_id else None
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    async def _ask_server(self, message: object) -> object:
+        request_id = getattr(message, "request_id")  # noqa: B009
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        envelope = self._seal(
+            self._server_peer,
+            PayloadType.DIRECTORY,
+            encode_directory_message(message),  # type: ignore[arg-type]
+        )
+        await self._send_envelope(envelope)
+        try:
+            return await asyncio.wait_for(future, _ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            raise TransportError(
+                "the enterprise server did not answer within "
+                f"{_ANSWER_TIMEOUT_S:.0f} s (is it running and connected to the relay?)"
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    def _seal(self, peer: Peer, payload_type: PayloadType, body: bytes) -> bytes:
+        return seal(
+            sender=self._identity,
+            sender_chain=self._chain,
+            recipient=peer.address,
+            prekey_id=peer.prekey_id,
+            prekey=peer.prekey,
+            payload_type=payload_type,
+            body=body,
+            now_ms=self._clock(),
+            random=self._random,
+        )
+
+    # --- keeping keys fresh -------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        # Once per connection, our own person's devices fresh from the server: a device
+        # activated since reaches every copy we send (and the first contact is what makes
+        # the server list a newly activated device).
+        await self.lookup([self.user], fresh=True)
+        now_s = self._clock() // 1000
+        self.store.delete_retired_prekeys(now_s)
+        self._prekeys.clear()
+        kept = self.store.prekeys()
+        if not kept or now_s - kept[0][1] >= self._policy.prekey_rotation_s:
+            await self.rotate_prekey()
+        leaf = Certificate.parse(self._chain[0]).body
+        if leaf.not_after - now_s < (leaf.not_after - leaf.not_before) // 3:
+            await self.renew_certificate()
+
+    async def rotate_prekey(self) -> None:
+        """Make a new prekey, publish it through the server, and schedule the old private
+        prekeys for deletion one envelope lifetime from now (forward secrecy)."""
+        now_s = self._clock() // 1000
+        prekey = XWingPrivateKey.generate(self._random)
+        prekey_id = int.from_bytes(self._random(4), "big")
+        signed = sign_prekey(
+            self._identity,
+            prekey_id=prekey_id,
+            public_key=prekey.public_key,
+            not_after=now_s + _PREKEY_LIFETIME_FACTOR * self._policy.prekey_rotation_s,
+        )
+        self.store.add_prekey(prekey_id, prekey.seed(), created_at=now_s)
+        answer = await self._ask_server(
+            PublishPrekeys(request_id=self._random(REQUEST_ID_SIZE), prekeys=(signed.encode(),))
+        )
+        if isinstance(answer, PrekeysPublished):
+            self.store.retire_prekeys(prekey_id, now_s + DEFAULT_LIFETIME_MS // 1000 + 3600)
+
+    async def renew_certificate(self) -> None:
+        """Ask the server for a fresh certificate (the current one authenticates the ask)."""
+        answer = await self._ask_server(RenewCertificate(request_id=self._random(REQUEST_ID_SIZE)))
+        if not isinstance(answer, CertificateRenewed):
+            return
+        try:
+            leaf = self._verifier.verify(answer.chain, now=self._clock() // 1000, role=Role.DEVICE)
+        except CryptoError:
+            log.warning("the server's renewed certificate does not verify; keeping the old one")
+            return
+        if leaf.body.identity_key == self._identity.public_key:
+            self.store.put_secret("chain", _join(answer.chain))
+            self._chain = tuple(answer.chain)
+
+    # --- directory ------------------------------------------------------------------------
+
+    async def lookup(self, users: list[str], *, fresh: bool = False) -> dict[str, UserEntry]:
+        """Directory entries for ``users`` (from the cache unless expired or ``fresh``).
+
+        Raises:
+            TransportError: the server could not be asked.
+        """
+        self._load()
+        now_s = self._clock() // 1000
+        found: dict[str, UserEntry] = {}
+        missing = []
+        for user in dict.fromkeys(users):
+            remembered = None if fresh else self._entries.get(user)
+            if remembered is not None and remembered[0] > now_s:
+                found[user] = remembered[1]
+                continue
+            cached = None if fresh else self.store.cached_entry(user, now=now_s)
+            if cached is not None:
+                found[user] = UserEntry.decode(cached, max_size=64 * 1024)
+                self._entries[user] = (now_s + 60, found[user])  # re-read the store each minute
+            else:
+                missing.append(user)
+        for start in range(0, len(missing), MAX_USERS_PER_QUERY):
+            chunk = tuple(missing[start : start + MAX_USERS_PER_QUERY])
+            request_id = self._random(REQUEST_ID_SIZE)
+            reply = await self._ask_server(DirectoryQuery(request_id=request_id, users=chunk))
+            if not isinstance(reply, SignedDirectoryAnswer):
+                raise TransportError("the server sent an unexpected answer")
+            try:
+                answer = reply.verify(self._server_key)
+            except CryptoError:
+                raise TransportError("the server's directory answer is not signed by it") from None
+            if answer.request_id != request_id or answer.organisation != self.organisation:
+                raise TransportError("the directory answer is for another question")
+            expires = min(answer.expires_at, now_s + _MAX_CACHE_S)
+            for entry in answer.entries:
+                if entry.user in chunk:
+                    found[entry.user] = entry
+                    self._entries[entry.user] = (expires, entry)
+                    self.store.cache_entry(entry.user, entry.encode(), expires)
+            for name in answer.unknown:
+                self._entries.pop(name, None)
+                self.store.forget_entry(name)
+        return found
+
+    def _peers(self, entry: UserEntry) -> list[Peer]:
+        """Verified devices of a directory entry (skipping any that fails a check). The result
+        is remembered for this entry object until its first certificate or prekey expires."""
+        now_s = self._clock() // 1000
+        remembered = self._verified.get(entry.user)
+        if remembered is not None and remembered[0] is entry and now_s < remembered[2]:
+            return remembered[1]
+        peers = []
+        valid_until = now_s + 3600
+        for device in entry.devices:
+            try:
+                leaf = self._verifier.verify(device.chain, now=now_s, role=Role.DEVICE)
+                signed = verify_prekey(device.prekey, leaf.body.identity_key, now=now_s)
+            except CryptoError:
+                log.warning("skipping a directory device that does not verify")
+                continue
+            valid_until = min(
+                valid_until, self._verifier.valid_until(device.chain), signed.prekey.not_after
+            )
+            peers.append(
+                Peer(
+                    leaf.body.subject,
+                    signed.prekey.prekey_id,
+                    XWingPublicKey(signed.prekey.public_key),
+                )
+            )
+        self._verified[entry.user] = (entry, peers, valid_until)
+        return peers
+
+    async def devices(self, user: str | None = None) -> list[tuple[bytes, bool]]:
+        """The active devices of ``user`` (default: our own person), fresh from the server:
+        ``(address, is this device)``."""
+        self._load()
+        name = user or self.user
+        entries = await self.lookup([name], fresh=True)
+        if name not in entries:
+            raise ConfigError(f"{name!r} is not a person of this organisation")
+        return [(peer.address, peer.address == self.address) for peer in self._peers(entries[name])]
+
+    # --- sending --------------------------------------------------------------------------
+
+    async def send_message(self, user: str, text: str) -> bytes:
+        """Seal ``text`` to every device of ``user`` and our own other devices; return the
+        message id once the relay holds every copy durably.
+
+        Raises:
+            ConfigError: no such person, or they have no activated device.
+            TransportError: the relay or server could not be reached (the message is kept and
+                sent on the next connection if it was already sealed).
+        """
+        self._load()
+        entries = await self.lookup([user, self.user])
+        if user not in entries:
+            raise ConfigError(f"{user!r} is not a person of this organisation")
+        peers = self._peers(entries[user])
+        if not peers:
+            raise ConfigError(f"{user!r} has no activated device yet")
+        own = (
+            [
+                p
+                for p in self._peers(entries.get(self.user, _empty(self.user)))
+                if p.address != self.address
+            ]
+            if user != self.user
+            else []
+        )
+        message_id = self._random(APP_MESSAGE_ID_SIZE)
+        body = ChatMessage(message_id=message_id, sender=self.user, recipient=user, text=text)
+        encoded = body.encode()
+        envelopes = tuple(
+            self._seal(peer, PayloadType.MESSAGE, encoded)
+            for peer in peers + own
+            if peer.address != self.address
+        )
+        now = self._clock()
+        # The copies go to the relay while the message and its outbox entries are being
+        # committed here: the relay's durable store and ours overlap instead of adding up.
+        # A crash before our commit ends loses only our own copy of a message the relay has
+        # (send_message never returned, so nobody was told it was sent).
+        stored = asyncio.ensure_future(
+            self._write(
+                lambda: self.store.add_message(
+                    message_id=message_id,
+                    outgoing=True,
+                    state=MessageState.QUEUED,
+                    sent_at=now,
+                    sender=self.user,
+                    recipient=user,
+                    text=text,
+                    sender_device=self.address,
+                    now=now,
+                    outbox_envelopes=envelopes,
+                )
+            )
+        )
+        try:
+            await asyncio.gather(*(self._send_envelope(env) for env in envelopes))
+        finally:
+            seqs = await stored
+        await self._write(lambda: self.store.sent(seqs or [], message_id))
+        return message_id
+
+    async def _write(self, step: Callable[[], T]) -> T:
+        """Run a store step in the next group commit, in a worker thread (the event loop
+        goes on with crypto and the network meanwhile). Steps queued while a commit runs
+        share the next transaction: one fsync for all of them."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._writes.append((step, future))
+        if not self._committing:
+            self._committing = True
+            self._spawn(self._committer())
+        result: T = await future
+        return result
+
+    async def _committer(self) -> None:
+        try:
+            while self._writes:
+                writes, self._writes = self._writes, []
+                try:
+                    results = await asyncio.to_thread(self._run_steps, [s for s, _ in writes])
+                except Exception as exc:
+                    for _, future in writes:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(writes, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._committing = False
+
+    def _run_steps(self, steps: list[Callable[[], Any]]) -> list[Any]:
+        with self.store.batch():
+            return [step() for step in steps]
+
+    async def _flush_outbox(self) -> None:
+        """Hand every waiting envelope to the relay (after a reconnection: what the relay had
+        not accepted before is sent again; recipients drop copies they already have)."""
+        by_message: dict[bytes | None, list[tuple[int, bytes]]] = {}
+        for seq, message_id, envelope in self.store.outbox():
+            by_message.setdefault(message_id, []).append((seq, envelope))
+        await asyncio.gather(
+            *(self._send_queued(queued, message_id) for message_id, queued in by_message.items())
+        )
+
+    async def _send_queued(
+        self, queued: list[tuple[int, bytes]], message_id: bytes | None = None
+    ) -> None:
+        """Send outbox entries (of ``message_id``, if they belong to a message), skipping any
+        another call is sending; once the relay holds them, drop them from the outbox."""
+        mine = [(seq, env) for seq, env in queued if seq not in self._sending]
+        self._sending.update(seq for seq, _ in mine)
+        try:
+            await asyncio.gather(*(self._send_envelope(env) for _, env in mine))
+            await self._write(lambda: self.store.sent([seq for seq, _ in mine], message_id))
+        finally:
+            self._sending.difference_update(seq for seq, _ in mine)
+
+    async def send(self, user: str, text: str) -> bytes:
+        """Connect, send one message, disconnect (what ``sealwire device send`` does)."""
+        async with self.online():
+            message_id = await self.send_message(user, text)
+            await self._settle()
+            return message_id
+
+    # --- receiving ------------------------------------------------------------------------
+
+    async def _process_inbound(self) -> None:
+        """The message worker: takes what has arrived in batches, stores the whole batch in
+        one transaction (one fsync), then acknowledges it.
+
+        It never waits for the network before acknowledging: the relay's delivery window is
+        bounded, and the directory answer needed to check a sender would queue behind the
+        unacknowledged messages. A message whose sender cannot be checked from the directory
+        cache is stored *unverified* (not shown), acknowledged, and checked in the background.
+        """
+        assert self._inbound is not None
+        conn = self._connection()
+        while True:
+            batch = [await self._inbound.get()]
+            while not self._inbound.empty() and len(batch) < 256:
+                batch.append(self._inbound.get_nowait())
+            steps: list[Callable[[], MessageRecord | None]] = []
+            for _, opened in batch:
+                try:
+                    steps.append(self._check_peer(opened))
+                except SealwireError as exc:
+                    log.warning("dropped a message", extra={"reason": str(exc)})
+                    envelope = (opened.message_id, opened.sent_at, self._horizon())
+                    steps.append(functools.partial(self._seen_only, envelope))
+            stored = await self._write(functools.partial(self._run_steps, steps))
+            conn.ack([delivered.delivery_id for delivered, _ in batch])
+            for _ in batch:
+                self._inbound.task_done()
+            self._announce([record for record in stored if record is not None])
+
+    def _announce(self, records: list[MessageRecord]) -> None:
+        """New messages: verified ones go to :attr:`on_message` and get delivery receipts
+        (one per sending device); unverified ones are checked in the background first."""
+        receipts: dict[tuple[str, bytes], list[bytes]] = {}
+        for record in records:
+            if not record.verified:
+                self._spawn(self._verify_later(record))
+                continue
+            if not record.outgoing:
+                receipts.setdefault((record.sender, record.sender_device), []).append(
+                    record.message_id
+                )
+            if self.on_message is not None:
+                self.on_message(record)
+        for (user, device), ids in receipts.items():
+            # A receipt not accepted stays in the outbox and goes on the next connection.
+            self._spawn(self._receipt_quietly(user, device, ReceiptKind.DELIVERED, ids))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _verify_later(self, record: MessageRecord) -> None:
+        try:
+            genuine = await self._sender_is(record.sender, record.sender_device)
+        except SealwireError as exc:  # checked again on the next connection
+            log.info("sender not checked yet", extra={"reason": str(exc)})
+            return
+        if not genuine:
+            log.warning("a message claims a sender its device does not belong to")
+            await self._write(lambda: self.store.delete_message(record.message_id))
+            return
+        await self._write(lambda: self.store.mark_verified(record.message_id))
+        self._announce([dataclasses.replace(record, verified=True)])
+
+    def _seen_only(self, envelope: tuple[bytes, int, int]) -> None:
+        self.store.first_seen(*envelope)
+
+    def _known_sender(self, user: str, address: bytes) -> bool:
+        """Whether the directory cache (no network) says ``address`` is a device of ``user``."""
+        now_s = self._clock() // 1000
+        remembered = self._entries.get(user)
+        entry = remembered[1] if remembered is not None and remembered[0] > now_s else None
+        if entry is None:
+            cached = self.store.cached_entry(user, now=now_s)
+            if cached is None:
+                return False
+            entry = UserEntry.decode(cached, max_size=64 * 1024)
+            self._entries[user] = (now_s + 60, entry)
+        return any(p.address == address for p in self._peers(entry))
+
+    async def _sender_is(self, user: str, address: bytes) -> bool:
+        if self._known_sender(user, address):
+            return True
+        # Unknown, or a device activated since we cached: ask the server, once for everyone
+        # waiting on the same person.
+        asking = self._asking.get(user)
+        if asking is None:
+            asking = asyncio.ensure_future(self.lookup([user], fresh=True))
+            self._asking[user] = asking
+            asking.add_done_callback(lambda _: self._asking.pop(user, None))
+        entries = await asyncio.shield(asking)
+        return user in entries and any(p.address == address for p in self._peers(entries[user]))
+
+    def _check_peer(self, opened: OpenedEnvelope) -> Callable[[], MessageRecord | None]:
+        """Decide what to do with an envelope from a person's device, without waiting for
+        anything; return the store step that records it (run inside the batch's
+        transaction)."""
+        sender = opened.sender.body.subject
+        envelope = (opened.message_id, opened.sent_at, self._horizon())
+        if opened.payload_type is PayloadType.MESSAGE:
+            message = ChatMessage.decode(opened.body, max_size=len(opened.body))
+            outgoing = message.sender == self.user
+            if not outgoing and message.recipient != self.user:
+                return functools.partial(self._seen_only, envelope)
+            record = MessageRecord(
+                seq=0,
+                message_id=message.message_id,
+                outgoing=outgoing,
+                state=MessageState.SENT if outgoing else MessageState.RECEIVED,
+                sent_at=opened.sent_at,
+                sender=message.sender,
+                recipient=message.recipient,
+                text=message.text,
+                sender_device=sender,
+                verified=self._known_sender(message.sender, sender),
+            )
+            now = self._clock()
+
+            def store_message() -> MessageRecord | None:
+                added = self.store.add_message(
+                    message_id=record.message_id,
+                    outgoing=record.outgoing,
+                    state=record.state,
+                    sent_at=record.sent_at,
+                    sender=record.sender,
+                    recipient=record.recipient,
+                    text=record.text,
+                    sender_device=record.sender_device,
+                    now=now,
+                    envelope=envelope,
+                    verified=record.verified,
+                )
+                return None if added is None else record
+
+            return store_message
+        if opened.payload_type is PayloadType.RECEIPT:
+            receipt = Receipt.decode(opened.body, max_size=len(opened.body))
+            state = (
+                MessageState.READ if receipt.kind is ReceiptKind.READ else MessageState.DELIVERED
+            )
+            if not self._known_sender(receipt.by, sender):
+                # Receipts are advisory: checked in the background, applied if genuine.
+                self._spawn(self._receipt_later(receipt, sender, state))
+                return functools.partial(self._seen_only, envelope)
+
+            def store_receipt() -> None:
+                if self.store.first_seen(*envelope):
+                    # Only the person a message went to may say it was delivered or read.
+                    self.store.advance_state(list(receipt.message_ids), state, to=receipt.by)
+
+            return store_receipt
+        return functools.partial(self._seen_only, envelope)
+
+    async def _receipt_later(self, receipt: Receipt, sender: bytes, state: MessageState) -> None:
+        try:
+            if not await self._sender_is(receipt.by, sender):
+                return
+        except SealwireError:
+            return
+        await self._write(
+            lambda: self.store.advance_state(list(receipt.message_ids), state, to=receipt.by)
+        )
+
+    async def _receipt_quietly(
+        self, user: str, device: bytes, kind: ReceiptKind, message_ids: list[bytes]
+    ) -> None:
+        try:
+            await self._receipt(user, device, kind, message_ids)
+        except SealwireError as exc:  # it stays in the outbox for the next connection
+            log.info("receipt not sent yet", extra={"reason": str(exc)})
+
+    async def _receipt(
+        self, user: str, device: bytes, kind: ReceiptKind, message_ids: list[bytes]
+    ) -> None:
+        entries = await self.lookup([user])
+        peer = (
+            next((p for p in self._peers(entries[user]) if p.address == device), None)
+            if user in entries
+            else None
+        )
+        if peer is None:
+            return
+        envelopes = [
+            self._seal(
+                peer,
+                PayloadType.RECEIPT,
+                Receipt(
+                    kind=kind,
+                    message_ids=tuple(message_ids[start : start + MAX_RECEIPT_IDS]),
+                    by=self.user,
+                ).encode(),
+            )
+            for start in range(0, len(message_ids), MAX_RECEIPT_IDS)
+        ]
+        seqs = await self._write(lambda: self.store.queue_envelopes(envelopes))
+        await self._send_queued(list(zip(seqs, envelopes, strict=True)))
+
+    async def _settle(self, quiet: float = 0.3, limit: float = 10.0) -> None:
+        """Wait until nothing has arrived for ``quiet`` seconds and the worker is idle."""
+        conn = self._connection()
+        assert self._inbound is not None
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            before = conn.deliveries.qsize() + self._inbound.qsize()
+            await asyncio.sleep(quiet)
+            await asyncio.wait_for(self._inbound.join(), max(0.1, deadline - time.monotonic()))
+            if self._background:
+                await asyncio.wait(self._background, timeout=max(0.1, deadline - time.monotonic()))
+            if conn.deliveries.empty() and self._inbound.empty() and before == 0:
+                return
+
+    async def sync(self) -> list[MessageRecord]:
+        """Connect, take every waiting envelope, disconnect; return the new messages."""
+        self._load()
+        last = self.store.messages()
+        after = last[-1].seq if last else 0
+        async with self.online():
+            await self._settle()
+        return self.store.messages(after=after)
+
+    async def mark_read(self, records: list[MessageRecord]) -> None:
+        """Mark incoming messages read and tell their senders' devices (when online)."""
+        unread = [r for r in records if not r.outgoing and r.state is MessageState.RECEIVED]
+        self.store.advance_state([r.message_id for r in unread], MessageState.READ)
+        if self._conn is None:
+            return
+        by_device: dict[tuple[str, bytes], list[bytes]] = {}
+        for record in unread:
+            by_device.setdefault((record.sender, record.sender_device), []).append(
+                record.message_id
+            )
+        for (user, device), ids in by_device.items():
+            await self._receipt(user, device, ReceiptKind.READ, ids)
+
+    async def listen(self, stop: asyncio.Event) -> None:
+        """Stay connected until ``stop`` is set; new messages go to :attr:`on_message`."""
+        async with self.online():
+            conn = self._connection()
+            waiters: list[asyncio.Future[object]] = [
+                asyncio.ensure_future(stop.wait()),
+                conn.ended,  # type: ignore[list-item]
+                *self._tasks,  # type: ignore[list-item]
+            ]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            waiters[0].cancel()
+            if conn.ended.done() and not stop.is_set():
+                why = conn.ended.result()
+                raise TransportError(f"the relay ended the session ({why.code})")
+
+
+async def _run_activation(
+    relay: str, server: bytes, run: DeviceActivation, session: bytes, timeout: float
+) -> ServerAnswer:
+    conn = await RelayConnection.open_for_activation(relay)
+    try:
+        for data in run.data_to_send():
+            await conn.send_activation(session, data, server)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError("the enterprise server did not answer the activation in time")
+            getter = asyncio.ensure_future(conn.activations.get())
+            waiters: list[asyncio.Future[Any]] = [getter, conn.ended]
+            done, _ = await asyncio.wait(
+                waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter not in done:
+                getter.cancel()
+                if conn.ended.done():
+                    why = conn.ended.result()
+                    if why.code == "unavailable":
+                        raise TransportError(
+                            "the enterprise server is not connected to the relay right now; "
+                            "try again later"
+                        )
+                    raise TransportError(f"the relay ended the activation ({why.code})")
+                continue
+            received = getter.result()
+            events = await asyncio.to_thread(run.receive, received.payload)
+            for data in run.data_to_send():
+                await conn.send_activation(session, data, server)
+            for event in events:
+                if isinstance(event, ActivationCompleted):
+                    return event.answer
+                if isinstance(event, ActivationRefused):
+                    raise ActivationFailed(_refusal_message(event.code))
+                if isinstance(event, ServerNotConfirmed):
+                    raise ActivationFailed(
+                        "the activation did not confirm: the password is wrong, or something "
+                        "between you and the server altered the exchange (one attempt used)"
+                    )
+                if isinstance(event, ActivationAborted):
+                    raise ActivationFailed(f"the activation was aborted ({event.reason})")
+    finally:
+        await conn.close()
+
+
+def _refusal_message(code: RefusalCode) -> str:
+    if code is RefusalCode.PASSWORD_REJECTED:
+        return (
+            "wrong activation password (each wrong try uses one of its attempts; after the "
+            "last one it is burned and your administrator must issue a new one)"
+        )
+    if code is RefusalCode.UNKNOWN_TICKET:
+        return (
+            "this activation password is no longer valid: it has expired, was used, was "
+            "replaced, or was burned by wrong attempts; ask your administrator for a new one"
+        )
+    if code is RefusalCode.NOT_PERMITTED:
+        return "the server refused to activate this device (ask your administrator)"
+    return "the activation failed: the server saw a malformed exchange"
+
+
+@dataclass(frozen=True)
+class _Chain(Struct):
+    certificates: tuple[bytes, ...] = wire(0, max_items=MAX_CHAIN, max_size=MAX_CERTIFICATE_SIZE)
+
+
+def _join(chain: tuple[bytes, ...]) -> bytes:
+    return _Chain(certificates=tuple(chain)).encode()
+
+
+def _split(data: bytes) -> tuple[bytes, ...]:
+    return _Chain.decode(data, max_size=4096).certificates
+
+
+def _empty(user: str) -> UserEntry:
+    return UserEntry(user=user, display_name=user, devices=())

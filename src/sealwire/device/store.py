@@ -1,0 +1,670 @@
+"""A device's encrypted local store (DESIGN §2 ``device/``; issue 4).
+
+Files in the device's home directory:
+
+``device.key``
+    The **data key** (32 random bytes) wrapped by the **passcode key**:
+    ``Argon2id(passcode)`` with parameters stored beside it (``{0: version, 1: Argon2Params,
+    2: seal_at_rest(passcode key, data key)}``, CBOR).
+``device.db``
+    SQLite (through :class:`~sealwire.storage.Database`). Every secret (identity and prekey
+    seeds, certificate chain, the organisation's data) and every message body, peer name and
+    directory entry is sealed under the data key with
+    :func:`~sealwire.protocol.suite.seal_at_rest`, bound to its row (``context``), so rows
+    cannot be swapped. In clear: row numbers, random message ids, times, delivery states,
+    envelope ids already seen (replay protection) and sealed envelopes waiting to be sent.
+``session.key``
+    Present only while the device is unlocked: the data key, so that the person's commands
+    work without the passcode each time. ``lock`` erases it. Put it in a tmpfs
+    (``SEALWIRE_SESSION_DIR``, default ``$XDG_RUNTIME_DIR``) so it never reaches a disk; a
+    copy of the home taken while the device is locked holds nothing readable without the
+    passcode (THREAT-MODEL.md).
+
+Unlocking costs one Argon2id derivation (64 MiB, 3 passes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from sealwire.errors import (
+    ConfigError,
+    CryptoError,
+    DecodeError,
+    DeviceLocked,
+    StorageError,
+    WrongPasscode,
+)
+from sealwire.protocol.codec import Struct, wire
+from sealwire.protocol.suite import (
+    Argon2Params,
+    derive_passcode_key,
+    open_at_rest,
+    seal_at_rest,
+)
+from sealwire.storage import Database, Migration
+
+__all__ = [
+    "MIN_PASSCODE",
+    "DeviceStore",
+    "MessageRecord",
+    "MessageState",
+]
+
+MIN_PASSCODE = 6
+"""Shortest passcode accepted (IT policy may ask for more)."""
+_FORMAT = 1
+_KEY_PURPOSE = "device/data-key"
+_ROW_PURPOSE = "device/store"
+_MAX_KEY_FILE = 1024
+
+metadata = sa.MetaData()
+secrets_table = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+)
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.LargeBinary, nullable=False, unique=True),
+    sa.Column("outgoing", sa.Boolean, nullable=False),
+    sa.Column("state", sa.Integer, nullable=False),
+    sa.Column("sent_at", sa.BigInteger, nullable=False),
+    sa.Column("stored_at", sa.BigInteger, nullable=False),
+    sa.Column("verified", sa.Boolean, nullable=False),
+    sa.Column("peer_tag", sa.LargeBinary, nullable=False),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+)
+seen = sa.Table(
+    "seen_envelopes",
+    metadata,
+    sa.Column("message_id", sa.LargeBinary, primary_key=True),
+    sa.Column("sent_at", sa.BigInteger, nullable=False, index=True),
+)
+directory = sa.Table(
+    "directory",
+    metadata,
+    sa.Column("tag", sa.LargeBinary, primary_key=True),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+)
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.LargeBinary, nullable=True, index=True),
+    sa.Column("envelope", sa.LargeBinary, nullable=False),
+)
+prekeys = sa.Table(
+    "prekeys",
+    metadata,
+    sa.Column("prekey_id", sa.BigInteger, primary_key=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("retire_at", sa.BigInteger, nullable=True),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+)
+
+
+def _create_v1(conn: sa.Connection) -> None:
+    metadata.create_all(conn)
+
+
+MIGRATIONS = (Migration(1, "secrets, messages, seen, directory, outbox, prekeys", _create_v1),)
+
+
+class MessageState(enum.IntEnum):
+    """Where a message is. Outgoing: QUEUED → SENT → DELIVERED → READ; incoming: RECEIVED →
+    READ."""
+
+    QUEUED = 0
+    """Sealed and waiting to be handed to the relay."""
+    SENT = 1
+    """Every copy is durably queued at the relay."""
+    DELIVERED = 2
+    RECEIVED = 3
+    READ = 4
+
+
+@dataclass(frozen=True)
+class _MessageBlob(Struct):
+    sender: str = wire(0, max_size=64)
+    recipient: str = wire(1, max_size=64)
+    text: str = wire(2, max_size=64 * 1024)
+    sender_device: bytes = wire(3, max_size=32)
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """One message as the person sees it."""
+
+    seq: int
+    message_id: bytes
+    outgoing: bool
+    state: MessageState
+    sent_at: int
+    """Unix ms, by the sender's clock."""
+    sender: str
+    recipient: str
+    text: str
+    sender_device: bytes
+    verified: bool = True
+    """The sender's device was checked against the directory (unverified messages are kept,
+    not shown, until the check is done)."""
+
+    @property
+    def peer(self) -> str:
+        """The other person of the conversation."""
+        return self.recipient if self.outgoing else self.sender
+
+    def __repr__(self) -> str:  # never print the text
+        return f"MessageRecord(seq={self.seq}, state={self.state.name}, text=<{len(self.text)}>)"
+
+
+@dataclass(frozen=True)
+class _KeyFile(Struct):
+    version: int = wire(0, min_value=_FORMAT, max_value=_FORMAT)
+    params: Argon2Params = wire(1)
+    wrapped: bytes = wire(2, max_size=256)
+
+
+def _session_paths(home: Path) -> list[Path]:
+    """Where a session key may be, preferred first: a tmpfs directory if one is set
+    (``SEALWIRE_SESSION_DIR``, then ``XDG_RUNTIME_DIR``), else the home."""
+    digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:24]
+    paths = []
+    for variable in ("SEALWIRE_SESSION_DIR", "XDG_RUNTIME_DIR"):
+        base = os.environ.get(variable)
+        if base and Path(base).is_dir():
+            paths.append(Path(base) / f"sealwire-session-{digest}.key")
+    paths.append(home / "session.key")
+    return paths
+
+
+def _session_path(home: Path) -> Path:
+    return _session_paths(home)[0]
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class DeviceStore:
+    """The encrypted store in one device home. Make it with :meth:`create` or :meth:`open`."""
+
+    def __init__(self, home: Path, database: Database, *, random: Callable[[int], bytes]) -> None:
+        self.home = home
+        self.db = database
+        self._random = random
+        self._key: bytes | None = None
+        self._local = threading.local()
+        """Per thread: the connection of an open :meth:`batch` (the device commits in a
+        worker thread while the event loop reads)."""
+        self._pruned_at = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @staticmethod
+    def exists(home: Path) -> bool:
+        return (home / "device.key").exists()
+
+    @classmethod
+    def create(
+        cls,
+        home: Path,
+        passcode: str,
+        *,
+        random: Callable[[int], bytes] = os.urandom,
+        params: Argon2Params | None = None,
+    ) -> DeviceStore:
+        """Make a new, unlocked store in ``home`` (which must not hold one).
+
+        Raises:
+            ConfigError: ``home`` holds a device already, or the passcode is too short.
+        """
+        if len(passcode) < MIN_PASSCODE:
+            raise ConfigError(f"a passcode has at least {MIN_PASSCODE} characters")
+        if cls.exists(home):
+            raise ConfigError(f"{home} holds an activated device already")
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data_key = random(32)
+        params = params or Argon2Params.default(random)
+        _write_private(home / "device.key", _wrap(data_key, passcode, params, random))
+        store = cls(home, _open_db(home), random=random)
+        store._key = data_key
+        _write_private(_session_path(home), data_key)
+        return store
+
+    @classmethod
+    def open(cls, home: Path, *, random: Callable[[int], bytes] = os.urandom) -> DeviceStore:
+        """Open the store in ``home``; it is unlocked if a session is open.
+
+        Raises:
+            ConfigError: no device in ``home``.
+        """
+        if not cls.exists(home):
+            raise ConfigError(
+                f"no activated device in {home}: run `sealwire device --home {home} activate`"
+            )
+        store = cls(home, _open_db(home), random=random)
+        for path in _session_paths(home):
+            with contextlib.suppress(OSError):
+                key = path.read_bytes()
+                if len(key) == 32:
+                    store._key = key
+                    break
+        return store
+
+    def close(self) -> None:
+        self._key = None
+        self.db.close()
+
+    @property
+    def locked(self) -> bool:
+        return self._key is None
+
+    def unlock(self, passcode: str) -> None:
+        """Derive the passcode key and unwrap the data key; open a session.
+
+        Raises:
+            WrongPasscode: the passcode does not open the store.
+        """
+        key_file = _read_key_file(self.home)
+        passcode_key = derive_passcode_key(passcode, key_file.params, purpose=_KEY_PURPOSE)
+        try:
+            data_key = open_at_rest(
+                passcode_key, key_file.wrapped, purpose=_KEY_PURPOSE, context=b"data-key"
+            )
+        except CryptoError:
+            raise WrongPasscode("wrong passcode") from None
+        self._key = data_key
+        _write_private(_session_path(self.home), data_key)
+
+    def lock(self) -> None:
+        """Forget the data key and end the session (the session file is overwritten first)."""
+        self._key = None
+        for path in _session_paths(self.home):  # wherever an earlier unlock put it
+            with contextlib.suppress(OSError):
+                with open(path, "r+b") as handle:
+                    handle.write(bytes(32))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                path.unlink()
+
+    def change_passcode(self, new_passcode: str) -> None:
+        """Re-wrap the data key under a new passcode (the store must be unlocked)."""
+        if len(new_passcode) < MIN_PASSCODE:
+            raise ConfigError(f"a passcode has at least {MIN_PASSCODE} characters")
+        key = self._require_key()
+        params = Argon2Params.default(self._random)
+        _write_private(self.home / "device.key", _wrap(key, new_passcode, params, self._random))
+
+    def _require_key(self) -> bytes:
+        if self._key is None:
+            raise DeviceLocked(
+                f"the device in {self.home} is locked: run `sealwire device --home "
+                f"{self.home} unlock`"
+            )
+        return self._key
+
+    def _seal(self, plaintext: bytes, context: bytes) -> bytes:
+        return seal_at_rest(
+            self._require_key(),
+            plaintext,
+            purpose=_ROW_PURPOSE,
+            context=context,
+            random=self._random,
+        )
+
+    def _open(self, blob: bytes, context: bytes) -> bytes:
+        try:
+            return open_at_rest(self._require_key(), blob, purpose=_ROW_PURPOSE, context=context)
+        except CryptoError:
+            raise StorageError("the device store is damaged (a row does not open)") from None
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[sa.Connection]:
+        batch: sa.Connection | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            yield batch
+            return
+        with self.db.transaction() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run the store calls inside the block in one transaction (one commit, one fsync).
+        Synchronous code only: nothing may ``await`` inside."""
+        if getattr(self._local, "batch", None) is not None:
+            yield
+            return
+        with self.db.transaction() as conn:
+            self._local.batch = conn
+            try:
+                yield
+            finally:
+                self._local.batch = None
+
+    # --- secrets --------------------------------------------------------------------------
+
+    def put_secret(self, name: str, value: bytes) -> None:
+        blob = self._seal(value, b"secret:" + name.encode())
+        with self._txn() as conn:
+            conn.execute(
+                sqlite_dialect.insert(secrets_table)
+                .values(name=name, blob=blob)
+                .on_conflict_do_update(index_elements=["name"], set_={"blob": blob})
+            )
+
+    def secret(self, name: str) -> bytes | None:
+        with self._txn() as conn:
+            row = conn.execute(
+                sa.select(secrets_table.c.blob).where(secrets_table.c.name == name)
+            ).first()
+        return None if row is None else self._open(bytes(row[0]), b"secret:" + name.encode())
+
+    # --- envelopes seen -------------------------------------------------------------------
+
+    def first_seen(self, envelope_id: bytes, sent_at: int, horizon: int) -> bool:
+        """Record an opened envelope's id; ``False`` if it was seen before."""
+        with self._txn() as conn:
+            return self._record_seen(conn, envelope_id, sent_at, horizon)
+
+    def _record_seen(
+        self, conn: sa.Connection, envelope_id: bytes, sent_at: int, horizon: int
+    ) -> bool:
+        inserted = conn.execute(
+            _INSERT_SEEN, {"message_id": envelope_id, "sent_at": sent_at}
+        ).first()
+        # Forget ids beyond the envelope lifetime (such envelopes are refused as stale
+        # anyway), at most once a minute.
+        if horizon - self._pruned_at >= _PRUNE_EVERY_MS:
+            conn.execute(_PRUNE_SEEN, {"horizon": horizon})
+            self._pruned_at = horizon
+        return inserted is not None
+
+    # --- messages -------------------------------------------------------------------------
+
+    def add_message(
+        self,
+        *,
+        message_id: bytes,
+        outgoing: bool,
+        state: MessageState,
+        sent_at: int,
+        sender: str,
+        recipient: str,
+        text: str,
+        sender_device: bytes,
+        now: int,
+        envelope: tuple[bytes, int, int] | None = None,
+        outbox_envelopes: tuple[bytes, ...] = (),
+        verified: bool = True,
+    ) -> list[int] | None:
+        """Store a message once; ``None`` if a message with that id (or the envelope it came
+        in) is stored already, else the outbox sequence numbers of ``outbox_envelopes``.
+
+        ``envelope`` (id, sent_at, horizon) records the envelope it came in, in the same
+        transaction, so a crash cannot drop a message as a replay. ``outbox_envelopes`` are
+        sealed copies to send, stored with the message so none is lost.
+        """
+        blob = self._seal(
+            _MessageBlob(
+                sender=sender, recipient=recipient, text=text, sender_device=sender_device
+            ).encode(),
+            b"message:" + message_id,
+        )
+        with self._txn() as conn:
+            if envelope is not None and not self._record_seen(conn, *envelope):
+                return None
+            inserted = conn.execute(
+                _INSERT_MESSAGE,
+                {
+                    "message_id": message_id,
+                    "outgoing": outgoing,
+                    "state": int(state),
+                    "sent_at": sent_at,
+                    "stored_at": now,
+                    "verified": verified,
+                    "peer_tag": self._tag(recipient if outgoing else sender),
+                    "blob": blob,
+                },
+            ).first()
+            if inserted is None:
+                return None
+            return [
+                int(
+                    conn.execute(_INSERT_OUTBOX, {"message_id": message_id, "envelope": e}).one()[0]
+                )
+                for e in outbox_envelopes
+            ]
+
+    def messages(
+        self, *, peer: str | None = None, after: int = 0, verified: bool = True
+    ) -> list[MessageRecord]:
+        """Every stored message in arrival order (optionally of one conversation); with
+        ``verified=False`` only those whose sender is still to be checked."""
+        with self._txn() as conn:
+            rows = conn.execute(
+                sa.select(messages)
+                .where(messages.c.seq > after, messages.c.verified == verified)
+                .order_by(messages.c.seq)
+            ).all()
+        found = []
+        for row in rows:
+            content = _MessageBlob.decode(
+                self._open(bytes(row.blob), b"message:" + bytes(row.message_id)),
+                max_size=300 * 1024,
+            )
+            record = MessageRecord(
+                seq=row.seq,
+                message_id=bytes(row.message_id),
+                outgoing=bool(row.outgoing),
+                state=MessageState(row.state),
+                sent_at=row.sent_at,
+                sender=content.sender,
+                recipient=content.recipient,
+                text=content.text,
+                sender_device=content.sender_device,
+                verified=bool(row.verified),
+            )
+            if peer is None or record.peer == peer:
+                found.append(record)
+        return found
+
+    def mark_verified(self, message_id: bytes) -> None:
+        with self._txn() as conn:
+            conn.execute(
+                messages.update().where(messages.c.message_id == message_id).values(verified=True)
+            )
+
+    def delete_message(self, message_id: bytes) -> None:
+        with self._txn() as conn:
+            conn.execute(messages.delete().where(messages.c.message_id == message_id))
+
+    def advance_state(
+        self, message_ids: list[bytes], state: MessageState, *, to: str | None = None
+    ) -> int:
+        """Move messages forward to ``state`` (never back); return how many changed. With
+        ``to``, only our outgoing messages to that person move."""
+        if not message_ids:
+            return 0
+        where = [messages.c.message_id.in_(message_ids), messages.c.state < int(state)]
+        if to is not None:
+            where += [messages.c.outgoing.is_(True), messages.c.peer_tag == self._tag(to)]
+        with self._txn() as conn:
+            done = conn.execute(messages.update().where(*where).values(state=int(state)))
+        return int(done.rowcount)
+
+    # --- outbox ---------------------------------------------------------------------------
+
+    def queue_envelopes(self, envelopes: list[bytes], message_id: bytes | None = None) -> list[int]:
+        """Put sealed envelopes in the outbox; return their sequence numbers."""
+        with self._txn() as conn:
+            return [
+                int(
+                    conn.execute(_INSERT_OUTBOX, {"message_id": message_id, "envelope": e}).one()[0]
+                )
+                for e in envelopes
+            ]
+
+    def outbox(self) -> list[tuple[int, bytes | None, bytes]]:
+        """``(seq, message id or None, sealed envelope)`` waiting to be sent, oldest first."""
+        with self._txn() as conn:
+            rows = conn.execute(sa.select(outbox).order_by(outbox.c.seq)).all()
+        return [
+            (row.seq, None if row.message_id is None else bytes(row.message_id), row.envelope)
+            for row in rows
+        ]
+
+    def sent(self, seqs: list[int], message_id: bytes | None = None) -> None:
+        """The relay holds these outbox entries durably: drop them. ``message_id``: the
+        message they belong to, which becomes SENT once none of its copies waits."""
+        if not seqs:
+            return
+        with self._txn() as conn:
+            conn.execute(_DELETE_OUTBOX, [{"seq": seq} for seq in seqs])
+            if message_id is not None:
+                conn.execute(_MARK_SENT, {"mid": message_id})
+
+    # --- directory cache ------------------------------------------------------------------
+
+    def _tag(self, user: str) -> bytes:
+        # Rows are looked up by a keyed hash, so the file does not list who one talks to
+        # (directory entries; the other person of each message).
+        key = self._require_key()
+        return hashlib.blake2b(user.encode(), key=key, digest_size=16).digest()
+
+    def cache_entry(self, user: str, entry: bytes, expires_at: int) -> None:
+        tag = self._tag(user)
+        blob = self._seal(entry, b"directory:" + tag)
+        with self._txn() as conn:
+            conn.execute(
+                sqlite_dialect.insert(directory)
+                .values(tag=tag, expires_at=expires_at, blob=blob)
+                .on_conflict_do_update(
+                    index_elements=["tag"], set_={"expires_at": expires_at, "blob": blob}
+                )
+            )
+
+    def cached_entry(self, user: str, *, now: int) -> bytes | None:
+        """The cached encoded entry for ``user`` if it has not expired (``now`` in seconds)."""
+        tag = self._tag(user)
+        with self._txn() as conn:
+            row = conn.execute(
+                sa.select(directory.c.blob).where(
+                    directory.c.tag == tag, directory.c.expires_at > now
+                )
+            ).first()
+        return None if row is None else self._open(bytes(row[0]), b"directory:" + tag)
+
+    def forget_entry(self, user: str) -> None:
+        tag = self._tag(user)
+        with self._txn() as conn:
+            conn.execute(directory.delete().where(directory.c.tag == tag))
+
+    # --- prekeys --------------------------------------------------------------------------
+
+    def add_prekey(self, prekey_id: int, seed: bytes, *, created_at: int) -> None:
+        blob = self._seal(seed, b"prekey:%d" % prekey_id)
+        with self._txn() as conn:
+            conn.execute(
+                prekeys.insert().values(prekey_id=prekey_id, created_at=created_at, blob=blob)
+            )
+
+    def prekey_seed(self, prekey_id: int) -> bytes | None:
+        with self._txn() as conn:
+            row = conn.execute(
+                sa.select(prekeys.c.blob).where(prekeys.c.prekey_id == prekey_id)
+            ).first()
+        return None if row is None else self._open(bytes(row[0]), b"prekey:%d" % prekey_id)
+
+    def prekeys(self) -> list[tuple[int, int, int | None]]:
+        """``(prekey id, created_at, retire_at)`` of every private prekey kept, newest first."""
+        with self._txn() as conn:
+            rows = conn.execute(
+                sa.select(prekeys.c.prekey_id, prekeys.c.created_at, prekeys.c.retire_at).order_by(
+                    prekeys.c.created_at.desc(), prekeys.c.prekey_id.desc()
+                )
+            ).all()
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    def retire_prekeys(self, keep: int, retire_at: int) -> None:
+        """Mark every prekey but ``keep`` for deletion at ``retire_at`` (if not marked)."""
+        with self._txn() as conn:
+            conn.execute(
+                prekeys.update()
+                .where(prekeys.c.prekey_id != keep, prekeys.c.retire_at.is_(None))
+                .values(retire_at=retire_at)
+            )
+
+    def delete_retired_prekeys(self, now: int) -> int:
+        """Delete private prekeys past their retirement: forward secrecy for what was sealed
+        to them."""
+        with self._txn() as conn:
+            done = conn.execute(
+                prekeys.delete().where(prekeys.c.retire_at.is_not(None), prekeys.c.retire_at <= now)
+            )
+        return int(done.rowcount)
+
+
+# Statements built once (SQLAlchemy then reuses their compiled form): the receive path runs
+# them for every message.
+_INSERT_SEEN = sqlite_dialect.insert(seen).on_conflict_do_nothing().returning(seen.c.message_id)
+_PRUNE_SEEN = seen.delete().where(seen.c.sent_at < sa.bindparam("horizon"))
+_INSERT_MESSAGE = sqlite_dialect.insert(messages).on_conflict_do_nothing().returning(messages.c.seq)
+_INSERT_OUTBOX = outbox.insert().returning(outbox.c.seq)
+_DELETE_OUTBOX = outbox.delete().where(outbox.c.seq == sa.bindparam("seq"))
+_MARK_SENT = (
+    messages.update()
+    .where(
+        messages.c.message_id == sa.bindparam("mid"),
+        messages.c.state < int(MessageState.SENT),
+        ~sa.exists().where(outbox.c.message_id == sa.bindparam("mid")),
+    )
+    .values(state=int(MessageState.SENT))
+)
+_PRUNE_EVERY_MS = 60_000
+
+
+def _open_db(home: Path) -> Database:
+    return Database.open(str(home / "device.db"), component="device", migrations=MIGRATIONS)
+
+
+def _wrap(
+    data_key: bytes, passcode: str, params: Argon2Params, random: Callable[[int], bytes]
+) -> bytes:
+    passcode_key = derive_passcode_key(passcode, params, purpose=_KEY_PURPOSE)
+    wrapped = seal_at_rest(
+        passcode_key, data_key, purpose=_KEY_PURPOSE, context=b"data-key", random=random
+    )
+    return _KeyFile(version=_FORMAT, params=params, wrapped=wrapped).encode()
+
+
+def _read_key_file(home: Path) -> _KeyFile:
+    try:
+        data = (home / "device.key").read_bytes()
+    except OSError as exc:
+        raise StorageError(f"cannot read {home / 'device.key'}: {exc.strerror}") from None
+    try:
+        return _KeyFile.decode(data, max_size=_MAX_KEY_FILE)
+    except DecodeError as exc:
+        raise StorageError(f"{home / 'device.key'} is damaged ({exc.reason})") from None

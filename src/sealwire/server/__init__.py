@@ -1,0 +1,6 @@
+"""The enterprise server: relay link, activation, directory, certificates (DESIGN §1, §7)."""
+
+from .config import ServerConfig, load_server_config
+from .service import EnterpriseServer, IssuedTicket
+
+__all__ = ["EnterpriseServer", "IssuedTicket", "ServerConfig", "load_server_config"]

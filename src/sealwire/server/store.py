@@ -1,0 +1,448 @@
+"""The enterprise server's database: people, activation tickets, devices, prekeys (SQLAlchemy
+Core over :class:`~sealwire.storage.Database`; SQLite by default, PostgreSQL by URL).
+
+What a dump of this database holds: user names and display names, device public keys,
+certificates and public prekeys, and for each open activation ticket its Argon2id parameters
+and the SPAKE2 password scalar *encrypted* under the ticket key, which lives only in the
+server's sealed key file (:mod:`.keystore`). No activation password, no private key, no
+message: the server never sees conversations.
+
+Every method is one transaction; several server processes may share one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from sealwire.errors import SealwireError
+from sealwire.storage import Database, Migration
+
+__all__ = [
+    "DeviceRecord",
+    "ServerStore",
+    "TicketRecord",
+    "TicketState",
+    "UnknownUser",
+    "UserExists",
+    "UserRecord",
+]
+
+metadata = sa.MetaData()
+
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+)
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("username", sa.String(64), nullable=False, unique=True),
+    sa.Column("display_name", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+tickets = sa.Table(
+    "tickets",
+    metadata,
+    sa.Column("ticket_id", sa.LargeBinary, primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("params", sa.LargeBinary, nullable=False),
+    sa.Column("sealed_scalar", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("attempts_left", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("device", sa.LargeBinary, nullable=True),
+)
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("address", sa.LargeBinary, primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("identity_key", sa.LargeBinary, nullable=False),
+    sa.Column("certificate", sa.LargeBinary, nullable=False),
+    sa.Column("serial", sa.BigInteger, nullable=False),
+    sa.Column("activated_at", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+)
+prekeys = sa.Table(
+    "prekeys",
+    metadata,
+    sa.Column("address", sa.LargeBinary, sa.ForeignKey("devices.address"), primary_key=True),
+    sa.Column("prekey_id", sa.BigInteger, primary_key=True),
+    sa.Column("signed", sa.LargeBinary, nullable=False),
+    sa.Column("not_after", sa.BigInteger, nullable=False),
+)
+seen = sa.Table(
+    "seen_envelopes",
+    metadata,
+    sa.Column("message_id", sa.LargeBinary, primary_key=True),
+    sa.Column("sent_at", sa.BigInteger, nullable=False, index=True),
+)
+
+
+def _create_v1(conn: sa.Connection) -> None:
+    metadata.create_all(conn)
+
+
+MIGRATIONS = (Migration(1, "people, tickets, devices, prekeys, seen envelopes", _create_v1),)
+
+
+class UserExists(SealwireError):
+    """A person with that user name exists already."""
+
+
+class UnknownUser(SealwireError):
+    """No person with that user name."""
+
+
+class TicketState(enum.Enum):
+    OPEN = "open"
+    USED = "used"
+    BURNED = "burned"
+    """Out of attempts."""
+    REVOKED = "revoked"
+    """Replaced by a newer ticket for the same person, or withdrawn."""
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: int
+    username: str
+    display_name: str
+    state: str
+    created_at: int
+    devices: int
+
+
+@dataclass(frozen=True)
+class TicketRecord:
+    ticket_id: bytes
+    user_id: int
+    params: bytes
+    sealed_scalar: bytes
+    expires_at: int
+    attempts_left: int
+    state: TicketState
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    address: bytes
+    username: str
+    identity_key: bytes
+    certificate: bytes
+    activated_at: int
+    state: str
+    prekeys: tuple[bytes, ...]
+    """Encoded signed prekeys still valid, newest first."""
+
+
+class ServerStore:
+    """Queries of the enterprise server. ``now`` arguments are Unix milliseconds."""
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    @classmethod
+    def open(cls, url: str) -> ServerStore:
+        """Open (and migrate) the server database at ``url``.
+
+        Raises:
+            StorageError, ConfigError: see :meth:`Database.open`.
+        """
+        return cls(Database.open(url, component="server", migrations=MIGRATIONS))
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- settings -------------------------------------------------------------------------
+
+    def setting(self, name: str) -> bytes | None:
+        with self.db.transaction() as conn:
+            row = conn.execute(sa.select(settings.c.value).where(settings.c.name == name)).first()
+        return None if row is None else bytes(row[0])
+
+    def put_setting(self, name: str, value: bytes) -> None:
+        with self.db.transaction() as conn:
+            done = conn.execute(
+                settings.update().where(settings.c.name == name).values(value=value)
+            )
+            if done.rowcount == 0:
+                conn.execute(settings.insert().values(name=name, value=value))
+
+    # --- people ---------------------------------------------------------------------------
+
+    def add_user(self, username: str, display_name: str, *, now: int) -> int:
+        """Raises: UserExists."""
+        with self.db.transaction() as conn:
+            if conn.execute(sa.select(users.c.id).where(users.c.username == username)).first():
+                raise UserExists(f"a person with the user name {username!r} exists already")
+            result = conn.execute(
+                users.insert().values(
+                    username=username, display_name=display_name, state="active", created_at=now
+                )
+            )
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+    def user(self, username: str) -> UserRecord:
+        """Raises: UnknownUser."""
+        for record in self.users([username]):
+            return record
+        raise UnknownUser(f"no person with the user name {username!r}")
+
+    def users(self, usernames: Iterable[str] | None = None) -> list[UserRecord]:
+        count = (
+            sa.select(sa.func.count())
+            .where(devices.c.user_id == users.c.id, devices.c.state == "active")
+            .scalar_subquery()
+        )
+        query = sa.select(users, count.label("devices")).order_by(users.c.username)
+        if usernames is not None:
+            query = query.where(users.c.username.in_(list(usernames)))
+        with self.db.transaction() as conn:
+            rows = conn.execute(query).all()
+        return [
+            UserRecord(
+                id=row.id,
+                username=row.username,
+                display_name=row.display_name,
+                state=row.state,
+                created_at=row.created_at,
+                devices=row.devices,
+            )
+            for row in rows
+        ]
+
+    # --- tickets --------------------------------------------------------------------------
+
+    def add_ticket(
+        self,
+        *,
+        ticket_id: bytes,
+        user_id: int,
+        params: bytes,
+        sealed_scalar: bytes,
+        now: int,
+        expires_at: int,
+        attempts: int,
+    ) -> None:
+        """Store a new ticket; earlier open tickets of the same person are revoked (one
+        activation password per person at a time)."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                tickets.update()
+                .where(tickets.c.user_id == user_id, tickets.c.state == TicketState.OPEN.value)
+                .values(state=TicketState.REVOKED.value, sealed_scalar=b"")
+            )
+            conn.execute(
+                tickets.insert().values(
+                    ticket_id=ticket_id,
+                    user_id=user_id,
+                    params=params,
+                    sealed_scalar=sealed_scalar,
+                    created_at=now,
+                    expires_at=expires_at,
+                    attempts_left=attempts,
+                    state=TicketState.OPEN.value,
+                )
+            )
+
+    def ticket(self, ticket_id: bytes) -> TicketRecord | None:
+        with self.db.transaction() as conn:
+            row = conn.execute(sa.select(tickets).where(tickets.c.ticket_id == ticket_id)).first()
+        if row is None:
+            return None
+        return TicketRecord(
+            ticket_id=bytes(row.ticket_id),
+            user_id=row.user_id,
+            params=bytes(row.params),
+            sealed_scalar=bytes(row.sealed_scalar),
+            expires_at=row.expires_at,
+            attempts_left=row.attempts_left,
+            state=TicketState(row.state),
+        )
+
+    def count_failed_attempt(self, ticket_id: bytes) -> int:
+        """Take one attempt from an open ticket, burning it at zero; return attempts left."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                tickets.update()
+                .where(tickets.c.ticket_id == ticket_id, tickets.c.state == TicketState.OPEN.value)
+                .values(attempts_left=tickets.c.attempts_left - 1)
+            )
+            conn.execute(
+                tickets.update()
+                .where(
+                    tickets.c.ticket_id == ticket_id,
+                    tickets.c.state == TicketState.OPEN.value,
+                    tickets.c.attempts_left <= 0,
+                )
+                .values(state=TicketState.BURNED.value, sealed_scalar=b"")
+            )
+            row = conn.execute(
+                sa.select(tickets.c.attempts_left).where(tickets.c.ticket_id == ticket_id)
+            ).first()
+        return 0 if row is None else max(0, int(row[0]))
+
+    def activate_device(
+        self,
+        *,
+        ticket_id: bytes,
+        address: bytes,
+        identity_key: bytes,
+        certificate: bytes,
+        serial: int,
+        signed_prekeys: Sequence[tuple[int, bytes, int]],
+        now: int,
+        max_devices: int,
+    ) -> bool:
+        """Use an open, unexpired ticket to add a device; ``False`` if the ticket is no longer
+        usable (used, burned, expired, revoked) or the person has ``max_devices`` already.
+
+        ``signed_prekeys`` holds ``(prekey id, encoded signed prekey, not_after)``.
+        """
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                sa.select(tickets.c.user_id).where(
+                    tickets.c.ticket_id == ticket_id,
+                    tickets.c.state == TicketState.OPEN.value,
+                    tickets.c.expires_at > now,
+                )
+            ).first()
+            if row is None:
+                return False
+            user_id = row[0]
+            active = conn.execute(
+                sa.select(sa.func.count()).where(
+                    devices.c.user_id == user_id, devices.c.state.in_(("active", "pending"))
+                )
+            ).scalar_one()
+            if active >= max_devices:
+                return False
+            done = conn.execute(
+                tickets.update()
+                .where(tickets.c.ticket_id == ticket_id, tickets.c.state == TicketState.OPEN.value)
+                .values(state=TicketState.USED.value, sealed_scalar=b"", device=address)
+            )
+            if done.rowcount != 1:
+                return False
+            conn.execute(
+                devices.insert().values(
+                    address=address,
+                    user_id=user_id,
+                    identity_key=identity_key,
+                    certificate=certificate,
+                    serial=serial,
+                    activated_at=now,
+                    # Pending until the device's first envelope proves it holds its keys (the
+                    # server's answer may never have reached it): only then in the directory.
+                    state="pending",
+                )
+            )
+            for prekey_id, signed, not_after in signed_prekeys:
+                conn.execute(
+                    prekeys.insert().values(
+                        address=address, prekey_id=prekey_id, signed=signed, not_after=not_after
+                    )
+                )
+        return True
+
+    # --- devices and directory --------------------------------------------------------------
+
+    def device(self, address: bytes) -> DeviceRecord | None:
+        found = self._devices(devices.c.address == address, now=0)
+        return found[0] if found else None
+
+    def devices_of(
+        self, usernames: Sequence[str], *, now: int, states: Sequence[str] = ("active",)
+    ) -> list[DeviceRecord]:
+        """Devices (by default: active ones) of active people, with their prekeys valid at
+        ``now`` (seconds)."""
+        return self._devices(
+            users.c.username.in_(list(usernames)),
+            devices.c.state.in_(list(states)),
+            users.c.state == "active",
+            now=now,
+        )
+
+    def _devices(self, *where: sa.ColumnElement[bool], now: int) -> list[DeviceRecord]:
+        query = (
+            sa.select(devices, users.c.username)
+            .join(users, users.c.id == devices.c.user_id)
+            .where(*where)
+            .order_by(devices.c.activated_at)
+        )
+        with self.db.transaction() as conn:
+            rows = conn.execute(query).all()
+            addresses = [bytes(row.address) for row in rows]
+            keys: dict[bytes, list[bytes]] = {a: [] for a in addresses}
+            if addresses:
+                for prekey in conn.execute(
+                    sa.select(prekeys.c.address, prekeys.c.signed)
+                    .where(prekeys.c.address.in_(addresses), prekeys.c.not_after > now)
+                    .order_by(prekeys.c.prekey_id.desc())
+                ):
+                    keys[bytes(prekey.address)].append(bytes(prekey.signed))
+        return [
+            DeviceRecord(
+                address=bytes(row.address),
+                username=row.username,
+                identity_key=bytes(row.identity_key),
+                certificate=bytes(row.certificate),
+                activated_at=row.activated_at,
+                state=row.state,
+                prekeys=tuple(keys[bytes(row.address)]),
+            )
+            for row in rows
+        ]
+
+    def confirm_device(self, address: bytes) -> None:
+        """A pending device was heard from: it holds its keys; list it from now on."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                devices.update()
+                .where(devices.c.address == address, devices.c.state == "pending")
+                .values(state="active")
+            )
+
+    def publish_prekeys(
+        self, address: bytes, signed_prekeys: Sequence[tuple[int, bytes, int]]
+    ) -> None:
+        """Replace a device's published prekeys (only public keys are ever stored here)."""
+        with self.db.transaction() as conn:
+            conn.execute(prekeys.delete().where(prekeys.c.address == address))
+            for prekey_id, signed, not_after in signed_prekeys:
+                conn.execute(
+                    prekeys.insert().values(
+                        address=address, prekey_id=prekey_id, signed=signed, not_after=not_after
+                    )
+                )
+
+    # --- replay protection for envelopes sent to the server ---------------------------------
+
+    def first_seen(self, message_id: bytes, sent_at: int, *, horizon: int) -> bool:
+        """Record an envelope id; ``False`` if it was seen before. Ids sent before ``horizon``
+        are forgotten (such envelopes are refused as stale anyway)."""
+        dialect = sqlite_dialect if self.db.dialect == "sqlite" else pg_dialect
+        with self.db.transaction() as conn:
+            # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT.
+            inserted = conn.execute(
+                dialect.insert(seen)
+                .values(message_id=message_id, sent_at=sent_at)
+                .on_conflict_do_nothing()
+                .returning(seen.c.message_id)
+            ).first()
+            conn.execute(seen.delete().where(seen.c.sent_at < horizon))
+        return inserted is not None

@@ -1,0 +1,118 @@
+"""The device's encrypted store: passcode, lock and unlock, what its files hold."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sealwire.device.store import DeviceStore, MessageState
+from sealwire.errors import ConfigError, DeviceLocked, StorageError, WrongPasscode
+from sealwire.protocol.suite import Argon2Params
+
+# Small Argon2id parameters: these tests are about the store, not the KDF's cost.
+FAST = Argon2Params(salt=bytes(16), memory_kib=64, iterations=1, lanes=1)
+TEXT = "the quarterly numbers are attached"
+
+
+@pytest.fixture(autouse=True)
+def _session_in_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SEALWIRE_SESSION_DIR", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+
+
+def make(home: Path, passcode: str = "123456-abc") -> DeviceStore:
+    return DeviceStore.create(home, passcode, params=FAST)
+
+
+def add(store: DeviceStore, text: str = TEXT, message_id: bytes | None = None) -> bool:
+    """Store one incoming message; ``True`` if it was new."""
+    return None is not store.add_message(
+        message_id=message_id or os.urandom(16),
+        outgoing=False,
+        state=MessageState.RECEIVED,
+        sent_at=1,
+        sender="alice",
+        recipient="bob",
+        text=text,
+        sender_device=bytes(32),
+        now=2,
+    )
+
+
+def test_a_message_round_trips_and_is_stored_once(tmp_path: Path) -> None:
+    store = make(tmp_path / "home")
+    message_id = os.urandom(16)
+    assert add(store, message_id=message_id)
+    assert not add(store, message_id=message_id)
+    [record] = store.messages()
+    assert (record.sender, record.text, record.state) == ("alice", TEXT, MessageState.RECEIVED)
+    assert TEXT not in repr(record)
+
+
+def test_lock_then_unlock_with_the_passcode(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = make(home)
+    add(store)
+    store.lock()
+    assert store.locked
+    with pytest.raises(DeviceLocked):
+        store.messages()
+    reopened = DeviceStore.open(home)
+    assert reopened.locked
+    with pytest.raises(WrongPasscode):
+        reopened.unlock("123456-abd")
+    reopened.unlock("123456-abc")
+    assert [m.text for m in reopened.messages()] == [TEXT]
+    # A session survives reopening (the next command), until lock.
+    assert not DeviceStore.open(home).locked
+
+
+def test_files_hold_no_plaintext_and_no_passcode(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = make(home, "passcode-7781")
+    add(store)
+    store.put_secret("identity", b"IDENTITY-SEED-MARKER-0123456789a")
+    store.cache_entry("zebediah", b"directory entry of zebediah", 10**12)
+    store.lock()
+    blob = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
+    for marker in (TEXT.encode(), b"passcode-7781", b"IDENTITY-SEED", b"zebediah"):
+        assert marker not in blob
+
+
+def test_a_tampered_row_is_refused(tmp_path: Path) -> None:
+    store = make(tmp_path / "home")
+    store.put_secret("identity", b"x" * 32)
+    store.put_secret("root", b"y" * 32)
+    import sqlalchemy as sa
+
+    from sealwire.device.store import secrets_table
+
+    with store.db.transaction() as conn:  # swap two rows' ciphertexts
+        rows = dict(conn.execute(sa.select(secrets_table.c.name, secrets_table.c.blob)).all())
+        conn.execute(
+            secrets_table.update()
+            .where(secrets_table.c.name == "identity")
+            .values(blob=rows["root"])
+        )
+    with pytest.raises(StorageError):
+        store.secret("identity")
+
+
+def test_short_passcodes_and_second_devices_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        DeviceStore.create(tmp_path / "a", "12345", params=FAST)
+    make(tmp_path / "b")
+    with pytest.raises(ConfigError):
+        make(tmp_path / "b")
+
+
+def test_change_passcode(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = make(home)
+    store.change_passcode("another-passcode")
+    store.lock()
+    with pytest.raises(WrongPasscode):
+        store.unlock("123456-abc")
+    store.unlock("another-passcode")
