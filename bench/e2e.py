@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import shlex
@@ -157,6 +158,10 @@ def _device_main(role: str, home: str, spec: dict[str, Any], out: Any) -> None:
 
         profile = cProfile.Profile()
         profile.enable()
+    with contextlib.suppress(ImportError):
+        import uvloop  # as `sealwire device` does when the `speed` extra is installed
+
+        uvloop.install()
     try:
         out.put(asyncio.run(_device(role, Path(home), spec, out)))
     except BaseException as exc:  # report, never hang the parent
@@ -187,10 +192,12 @@ async def _device(role: str, home: Path, spec: dict[str, Any], out: Any) -> dict
         device.on_message = on_message
         async with device.online():
             out.put({"ready": True})
+            cpu0 = time.process_time()
             await asyncio.wait_for(done.wait(), spec["timeout"])
+            cpu = time.process_time() - cpu0
             await asyncio.sleep(0.5)  # let the last receipts go out
         device.close()
-        return {"stored": stored}
+        return {"stored": stored, "cpu": cpu}
     # sender
     async with device.online():
         await device.lookup(["bob", "alice"])  # warm the directory cache
@@ -204,9 +211,9 @@ async def _device(role: str, home: Path, spec: dict[str, Any], out: Any) -> dict
                 async with semaphore:
                     await device.send_message("bob", f"{time.time():.6f} {n} {TEXT}")
 
-            start = time.time()
+            start, cpu0 = time.time(), time.process_time()
             await asyncio.gather(*(one(n) for n in range(count)))
-            results = {"start": start, "sent": time.time()}
+            results = {"start": start, "sent": time.time(), "cpu": time.process_time() - cpu0}
         else:
             rate, seconds = spec["rate"], spec["seconds"]
             count = int(rate * seconds)
@@ -317,9 +324,18 @@ def run(
         "window": args.window,
         "profile": args.profile,
     }
+    assert relay.proc is not None
+    relay_cpu0 = cpu_seconds(relay.proc.pid)
     sent, got = run_pair(homes, spec)
+    relay_cpu = cpu_seconds(relay.proc.pid) - relay_cpu0
     last = max(t for t, _ in got["stored"])
     figures["throughput"] = len(got["stored"]) / (last - sent["start"])
+    n = len(got["stored"])
+    figures["cpu_us"] = {
+        "sender": sent["cpu"] / n * 1e6,
+        "receiver": got["cpu"] / n * 1e6,
+        "relay": relay_cpu / n * 1e6,
+    }
     print(f"latency: {args.rate:.0f}/s for {args.seconds:.0f} s ...", flush=True)
     spec = {"mode": "latency", "rate": args.rate, "seconds": args.seconds, "profile": args.profile}
     sent, got = run_pair(homes, spec)
@@ -377,6 +393,12 @@ def report(f: dict[str, Any]) -> None:
             "MET" if lat["p99"] <= 25 else "NOT MET",
         ),
         ("  sender schedule lag p99", f"{lat['lag_p99']:.1f} ms", "", ""),
+        (
+            "CPU per message: sender / receiver / relay",
+            " / ".join(f"{f['cpu_us'][k]:.0f}" for k in ("sender", "receiver", "relay")) + " us",
+            "",
+            "",
+        ),
         ("activations/s (wall, 4 devices at a time)", f"{act['wall_rate']:.1f}/s", "", ""),
         (
             "server CPU per activation",

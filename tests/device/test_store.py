@@ -28,7 +28,7 @@ def make(home: Path, passcode: str = "123456-abc") -> DeviceStore:
 
 def add(store: DeviceStore, text: str = TEXT, message_id: bytes | None = None) -> bool:
     """Store one incoming message; ``True`` if it was new."""
-    return None is not store.add_message(
+    return store.add_message(
         message_id=message_id or os.urandom(16),
         outgoing=False,
         state=MessageState.RECEIVED,

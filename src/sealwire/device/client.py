@@ -100,6 +100,8 @@ T = TypeVar("T")
 
 _PREKEY_LIFETIME_FACTOR = 2
 _ANSWER_TIMEOUT_S = 15.0
+_RECEIPT_DELAY_S = 0.1
+"""Delivery receipts wait this long to go out together (one envelope per sending device)."""
 _MAX_CACHE_S = 86400
 
 
@@ -161,6 +163,8 @@ class Device:
         self._sending: set[int] = set()
         self._writes: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._committing = False
+        self._delivered: dict[tuple[str, bytes], list[bytes]] = {}
+        self._receipts_due = False
         self._background: set[asyncio.Task[None]] = set()
         self._entries: dict[str, tuple[int, UserEntry]] = {}
         """Directory entries in memory: user → (use until, entry)."""
@@ -355,6 +359,8 @@ class Device:
             await self._maintain()
             self._announce(self.store.messages(verified=False))  # left unchecked last time
             yield self
+            if self._receipts_due:
+                self._send_receipts()
             if self._background:  # receipts on their way: let them reach the relay
                 await asyncio.wait(self._background, timeout=5)
         finally:
@@ -661,8 +667,8 @@ class Device:
         try:
             await asyncio.gather(*(self._send_envelope(env) for env in envelopes))
         finally:
-            seqs = await stored
-        await self._write(lambda: self.store.sent(seqs or [], message_id))
+            await stored
+        await self._write(lambda: self.store.message_sent(message_id))
         return message_id
 
     async def _write(self, step: Callable[[], T]) -> T:
@@ -701,23 +707,19 @@ class Device:
     async def _flush_outbox(self) -> None:
         """Hand every waiting envelope to the relay (after a reconnection: what the relay had
         not accepted before is sent again; recipients drop copies they already have)."""
-        by_message: dict[bytes | None, list[tuple[int, bytes]]] = {}
-        for seq, message_id, envelope in self.store.outbox():
-            by_message.setdefault(message_id, []).append((seq, envelope))
-        await asyncio.gather(
-            *(self._send_queued(queued, message_id) for message_id, queued in by_message.items())
-        )
+        await self._send_queued([(seq, envelope) for seq, _, envelope in self.store.outbox()])
+        for message_id, envelopes in self.store.unsent_messages():
+            await asyncio.gather(*(self._send_envelope(env) for env in envelopes))
+            self.store.message_sent(message_id)
 
-    async def _send_queued(
-        self, queued: list[tuple[int, bytes]], message_id: bytes | None = None
-    ) -> None:
-        """Send outbox entries (of ``message_id``, if they belong to a message), skipping any
-        another call is sending; once the relay holds them, drop them from the outbox."""
+    async def _send_queued(self, queued: list[tuple[int, bytes]]) -> None:
+        """Send outbox entries (receipts), skipping any another call is sending; once the
+        relay holds them, drop them from the outbox."""
         mine = [(seq, env) for seq, env in queued if seq not in self._sending]
         self._sending.update(seq for seq, _ in mine)
         try:
             await asyncio.gather(*(self._send_envelope(env) for _, env in mine))
-            await self._write(lambda: self.store.sent([seq for seq, _ in mine], message_id))
+            await self._write(lambda: self.store.sent([seq for seq, _ in mine]))
         finally:
             self._sending.difference_update(seq for seq, _ in mine)
 
@@ -761,19 +763,25 @@ class Device:
 
     def _announce(self, records: list[MessageRecord]) -> None:
         """New messages: verified ones go to :attr:`on_message` and get delivery receipts
-        (one per sending device); unverified ones are checked in the background first."""
-        receipts: dict[tuple[str, bytes], list[bytes]] = {}
+        (gathered for up to :data:`_RECEIPT_DELAY_S`, one per sending device); unverified
+        ones are checked in the background first."""
         for record in records:
             if not record.verified:
                 self._spawn(self._verify_later(record))
                 continue
             if not record.outgoing:
-                receipts.setdefault((record.sender, record.sender_device), []).append(
-                    record.message_id
-                )
+                key = (record.sender, record.sender_device)
+                self._delivered.setdefault(key, []).append(record.message_id)
+                if not self._receipts_due:
+                    self._receipts_due = True
+                    asyncio.get_running_loop().call_later(_RECEIPT_DELAY_S, self._send_receipts)
             if self.on_message is not None:
                 self.on_message(record)
-        for (user, device), ids in receipts.items():
+
+    def _send_receipts(self) -> None:
+        self._receipts_due = False
+        delivered, self._delivered = self._delivered, {}
+        for (user, device), ids in delivered.items():
             # A receipt not accepted stays in the outbox and goes on the next connection.
             self._spawn(self._receipt_quietly(user, device, ReceiptKind.DELIVERED, ids))
 
@@ -863,7 +871,7 @@ class Device:
                     envelope=envelope,
                     verified=record.verified,
                 )
-                return None if added is None else record
+                return record if added else None
 
             return store_message
         if opened.payload_type is PayloadType.RECEIPT:
@@ -1020,8 +1028,10 @@ async def _run_activation(
                     raise ActivationFailed(_refusal_message(event.code))
                 if isinstance(event, ServerNotConfirmed):
                     raise ActivationFailed(
-                        "the activation did not confirm: the password is wrong, or something "
-                        "between you and the server altered the exchange (one attempt used)"
+                        "the activation did not confirm: the server could not prove it knows "
+                        "the password, so something between you and the server altered the "
+                        "exchange; nothing was kept. Try again; if it keeps failing, ask your "
+                        "administrator for a new activation password"
                     )
                 if isinstance(event, ActivationAborted):
                     raise ActivationFailed(f"the activation was aborted ({event.reason})")

@@ -87,6 +87,8 @@ messages = sa.Table(
     sa.Column("verified", sa.Boolean, nullable=False),
     sa.Column("peer_tag", sa.LargeBinary, nullable=False),
     sa.Column("blob", sa.LargeBinary, nullable=False),
+    sa.Column("unsent", sa.LargeBinary, nullable=True),
+    # Outgoing: the sealed copies until the relay holds them all (they are ciphertext).
 )
 seen = sa.Table(
     "seen_envelopes",
@@ -144,6 +146,14 @@ class _MessageBlob(Struct):
     recipient: str = wire(1, max_size=64)
     text: str = wire(2, max_size=64 * 1024)
     sender_device: bytes = wire(3, max_size=32)
+
+
+_MAX_UNSENT = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Envelopes(Struct):
+    items: tuple[bytes, ...] = wire(0, max_items=32, max_size=256 * 1024)
 
 
 @dataclass(frozen=True)
@@ -418,13 +428,14 @@ class DeviceStore:
         envelope: tuple[bytes, int, int] | None = None,
         outbox_envelopes: tuple[bytes, ...] = (),
         verified: bool = True,
-    ) -> list[int] | None:
-        """Store a message once; ``None`` if a message with that id (or the envelope it came
-        in) is stored already, else the outbox sequence numbers of ``outbox_envelopes``.
+    ) -> bool:
+        """Store a message once; ``False`` if a message with that id (or the envelope it came
+        in) is stored already.
 
         ``envelope`` (id, sent_at, horizon) records the envelope it came in, in the same
         transaction, so a crash cannot drop a message as a replay. ``outbox_envelopes`` are
-        sealed copies to send, stored with the message so none is lost.
+        sealed copies to send, kept with the message until :meth:`message_sent`, so none is
+        lost.
         """
         blob = self._seal(
             _MessageBlob(
@@ -434,7 +445,7 @@ class DeviceStore:
         )
         with self._txn() as conn:
             if envelope is not None and not self._record_seen(conn, *envelope):
-                return None
+                return False
             inserted = conn.execute(
                 _INSERT_MESSAGE,
                 {
@@ -446,16 +457,31 @@ class DeviceStore:
                     "verified": verified,
                     "peer_tag": self._tag(recipient if outgoing else sender),
                     "blob": blob,
+                    "unsent": _Envelopes(items=outbox_envelopes).encode()
+                    if outbox_envelopes
+                    else None,
                 },
             ).first()
-            if inserted is None:
-                return None
-            return [
-                int(
-                    conn.execute(_INSERT_OUTBOX, {"message_id": message_id, "envelope": e}).one()[0]
-                )
-                for e in outbox_envelopes
-            ]
+            return inserted is not None
+
+    def message_sent(self, message_id: bytes) -> None:
+        """The relay holds every copy of an outgoing message durably: it is SENT."""
+        with self._txn() as conn:
+            conn.execute(_MARK_SENT, {"mid": message_id})
+
+    def unsent_messages(self) -> list[tuple[bytes, tuple[bytes, ...]]]:
+        """Outgoing messages whose copies the relay may not hold yet (a crash, a lost
+        connection): ``(message id, sealed copies)``, oldest first."""
+        with self._txn() as conn:
+            rows = conn.execute(
+                sa.select(messages.c.message_id, messages.c.unsent)
+                .where(messages.c.unsent.is_not(None))
+                .order_by(messages.c.seq)
+            ).all()
+        return [
+            (bytes(row[0]), _Envelopes.decode(bytes(row[1]), max_size=_MAX_UNSENT).items)
+            for row in rows
+        ]
 
     def messages(
         self, *, peer: str | None = None, after: int = 0, verified: bool = True
@@ -535,15 +561,11 @@ class DeviceStore:
             for row in rows
         ]
 
-    def sent(self, seqs: list[int], message_id: bytes | None = None) -> None:
-        """The relay holds these outbox entries durably: drop them. ``message_id``: the
-        message they belong to, which becomes SENT once none of its copies waits."""
-        if not seqs:
-            return
-        with self._txn() as conn:
-            conn.execute(_DELETE_OUTBOX, [{"seq": seq} for seq in seqs])
-            if message_id is not None:
-                conn.execute(_MARK_SENT, {"mid": message_id})
+    def sent(self, seqs: list[int]) -> None:
+        """The relay holds these outbox entries durably: drop them."""
+        if seqs:
+            with self._txn() as conn:
+                conn.execute(_DELETE_OUTBOX, [{"seq": seq} for seq in seqs])
 
     # --- directory cache ------------------------------------------------------------------
 
@@ -635,12 +657,14 @@ _INSERT_OUTBOX = outbox.insert().returning(outbox.c.seq)
 _DELETE_OUTBOX = outbox.delete().where(outbox.c.seq == sa.bindparam("seq"))
 _MARK_SENT = (
     messages.update()
-    .where(
-        messages.c.message_id == sa.bindparam("mid"),
-        messages.c.state < int(MessageState.SENT),
-        ~sa.exists().where(outbox.c.message_id == sa.bindparam("mid")),
+    .where(messages.c.message_id == sa.bindparam("mid"))
+    .values(
+        unsent=None,
+        state=sa.case(
+            (messages.c.state < int(MessageState.SENT), int(MessageState.SENT)),
+            else_=messages.c.state,
+        ),
     )
-    .values(state=int(MessageState.SENT))
 )
 _PRUNE_EVERY_MS = 60_000
 
