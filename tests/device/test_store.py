@@ -116,3 +116,37 @@ def test_change_passcode(tmp_path: Path) -> None:
     with pytest.raises(WrongPasscode):
         store.unlock("123456-abc")
     store.unlock("another-passcode")
+
+
+def test_incoming_batches_store_each_message_once(tmp_path: Path) -> None:
+    from sealwire.device.store import MessageRecord
+
+    store = make(tmp_path / "home")
+
+    def record(message_id: bytes, text: str) -> MessageRecord:
+        return MessageRecord(
+            seq=0,
+            message_id=message_id,
+            outgoing=False,
+            state=MessageState.RECEIVED,
+            sent_at=1,
+            sender="alice",
+            recipient="bob",
+            text=text,
+            sender_device=bytes(32),
+        )
+
+    a, b = os.urandom(16), os.urandom(16)
+    env = [os.urandom(16) for _ in range(4)]
+    first = store.add_incoming(
+        [
+            (record(a, "one"), (env[0], 1, 0), 2),
+            (record(b, "two"), (env[1], 1, 0), 2),
+            (record(a, "one again, another envelope"), (env[2], 1, 0), 2),
+            (record(os.urandom(16), "replayed envelope"), (env[1], 1, 0), 2),
+        ]
+    )
+    assert first == [True, True, False, False]
+    assert store.add_incoming([(record(b, "two"), (env[3], 1, 0), 2)]) == [False]
+    assert store.add_incoming([(record(os.urandom(16), "x"), (env[0], 1, 0), 2)]) == [False]
+    assert [m.text for m in store.messages()] == ["one", "two"]

@@ -119,6 +119,18 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class _Incoming:
+    """A store step for one incoming message (batched by :meth:`Device._run_steps`)."""
+
+    record: MessageRecord
+    envelope: tuple[bytes, int, int]
+    now: int
+
+    def __call__(self) -> MessageRecord | None:
+        raise AssertionError("run through Device._run_steps")
+
+
+@dataclass(frozen=True)
 class DeviceInfo:
     """What ``sealwire device status`` shows."""
 
@@ -701,8 +713,24 @@ class Device:
             self._committing = False
 
     def _run_steps(self, steps: list[Callable[[], Any]]) -> list[Any]:
+        """Run store steps in one transaction; incoming messages among them are stored
+        together (a few statements per batch rather than per message)."""
         with self.store.batch():
-            return [step() for step in steps]
+            incoming = [step for step in steps if isinstance(step, _Incoming)]
+            added = iter(
+                self.store.add_incoming(
+                    [(step.record, step.envelope, step.now) for step in incoming]
+                )
+                if incoming
+                else []
+            )
+            results = []
+            for step in steps:
+                if isinstance(step, _Incoming):
+                    results.append(step.record if next(added) else None)
+                else:
+                    results.append(step())
+            return results
 
     async def _flush_outbox(self) -> None:
         """Hand every waiting envelope to the relay (after a reconnection: what the relay had
@@ -855,25 +883,7 @@ class Device:
                 sender_device=sender,
                 verified=self._known_sender(message.sender, sender),
             )
-            now = self._clock()
-
-            def store_message() -> MessageRecord | None:
-                added = self.store.add_message(
-                    message_id=record.message_id,
-                    outgoing=record.outgoing,
-                    state=record.state,
-                    sent_at=record.sent_at,
-                    sender=record.sender,
-                    recipient=record.recipient,
-                    text=record.text,
-                    sender_device=record.sender_device,
-                    now=now,
-                    envelope=envelope,
-                    verified=record.verified,
-                )
-                return record if added else None
-
-            return store_message
+            return _Incoming(record, envelope, self._clock())
         if opened.payload_type is PayloadType.RECEIPT:
             receipt = Receipt.decode(opened.body, max_size=len(opened.body))
             state = (

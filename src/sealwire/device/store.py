@@ -33,6 +33,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -463,6 +464,73 @@ class DeviceStore:
                 },
             ).first()
             return inserted is not None
+
+    def add_incoming(
+        self, items: list[tuple[MessageRecord, tuple[bytes, int, int], int]]
+    ) -> list[bool]:
+        """Store incoming messages together: ``(record, (envelope id, sent_at, horizon),
+        now)`` each; return for each whether it was new (neither its envelope nor its message
+        id seen before, nor earlier in ``items``)."""
+        if not items:
+            return []
+        envelope_ids = [envelope[0] for _, envelope, _ in items]
+        message_ids = [record.message_id for record, _, _ in items]
+        with self._txn() as conn:
+            seen_before = {
+                bytes(row[0])
+                for row in conn.execute(
+                    sa.select(seen.c.message_id).where(seen.c.message_id.in_(envelope_ids))
+                )
+            }
+            stored_before = {
+                bytes(row[0])
+                for row in conn.execute(
+                    sa.select(messages.c.message_id).where(messages.c.message_id.in_(message_ids))
+                )
+            }
+            new_seen: list[dict[str, Any]] = []
+            new_messages: list[dict[str, Any]] = []
+            flags = []
+            for record, (envelope_id, sent_at, _), now in items:
+                fresh_envelope = envelope_id not in seen_before
+                if fresh_envelope:
+                    seen_before.add(envelope_id)
+                    new_seen.append({"message_id": envelope_id, "sent_at": sent_at})
+                new = fresh_envelope and record.message_id not in stored_before
+                flags.append(new)
+                if new:
+                    stored_before.add(record.message_id)
+                    new_messages.append(self._message_row(record, now))
+            if new_seen:
+                conn.execute(seen.insert(), new_seen)
+            if new_messages:
+                conn.execute(messages.insert(), new_messages)
+            horizon = max(envelope[2] for _, envelope, _ in items)
+            if horizon - self._pruned_at >= _PRUNE_EVERY_MS:
+                conn.execute(_PRUNE_SEEN, {"horizon": horizon})
+                self._pruned_at = horizon
+        return flags
+
+    def _message_row(self, record: MessageRecord, now: int) -> dict[str, Any]:
+        return {
+            "message_id": record.message_id,
+            "outgoing": record.outgoing,
+            "state": int(record.state),
+            "sent_at": record.sent_at,
+            "stored_at": now,
+            "verified": record.verified,
+            "peer_tag": self._tag(record.peer),
+            "blob": self._seal(
+                _MessageBlob(
+                    sender=record.sender,
+                    recipient=record.recipient,
+                    text=record.text,
+                    sender_device=record.sender_device,
+                ).encode(),
+                b"message:" + record.message_id,
+            ),
+            "unsent": None,
+        }
 
     def message_sent(self, message_id: bytes) -> None:
         """The relay holds every copy of an outgoing message durably: it is SENT."""
