@@ -131,6 +131,28 @@ class _Incoming:
 
 
 @dataclass(frozen=True)
+class _Outgoing:
+    """A store step: a message we send and its sealed copies (batched)."""
+
+    record: MessageRecord
+    envelopes: tuple[bytes, ...]
+    now: int
+
+    def __call__(self) -> None:
+        raise AssertionError("run through Device._run_steps")
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A store step: the relay holds every copy of this message (batched)."""
+
+    message_id: bytes
+
+    def __call__(self) -> None:
+        raise AssertionError("run through Device._run_steps")
+
+
+@dataclass(frozen=True)
 class DeviceInfo:
     """What ``sealwire device status`` shows."""
 
@@ -660,27 +682,23 @@ class Device:
         # committed here: the relay's durable store and ours overlap instead of adding up.
         # A crash before our commit ends loses only our own copy of a message the relay has
         # (send_message never returned, so nobody was told it was sent).
-        stored = asyncio.ensure_future(
-            self._write(
-                lambda: self.store.add_message(
-                    message_id=message_id,
-                    outgoing=True,
-                    state=MessageState.QUEUED,
-                    sent_at=now,
-                    sender=self.user,
-                    recipient=user,
-                    text=text,
-                    sender_device=self.address,
-                    now=now,
-                    outbox_envelopes=envelopes,
-                )
-            )
+        record = MessageRecord(
+            seq=0,
+            message_id=message_id,
+            outgoing=True,
+            state=MessageState.QUEUED,
+            sent_at=now,
+            sender=self.user,
+            recipient=user,
+            text=text,
+            sender_device=self.address,
         )
+        stored = asyncio.ensure_future(self._write(_Outgoing(record, envelopes, now)))
         try:
             await asyncio.gather(*(self._send_envelope(env) for env in envelopes))
         finally:
             await stored
-        await self._write(lambda: self.store.message_sent(message_id))
+        await self._write(_Sent(message_id))
         return message_id
 
     async def _write(self, step: Callable[[], T]) -> T:
@@ -724,10 +742,20 @@ class Device:
                 if incoming
                 else []
             )
-            results = []
+            outgoing = [step for step in steps if isinstance(step, _Outgoing)]
+            if outgoing:
+                self.store.add_outgoing(
+                    [(step.record, step.envelopes, step.now) for step in outgoing]
+                )
+            sent = [step.message_id for step in steps if isinstance(step, _Sent)]
+            if sent:
+                self.store.messages_sent(sent)
+            results: list[Any] = []
             for step in steps:
                 if isinstance(step, _Incoming):
                     results.append(step.record if next(added) else None)
+                elif isinstance(step, _Outgoing | _Sent):
+                    results.append(None)
                 else:
                     results.append(step())
             return results

@@ -532,6 +532,22 @@ class DeviceStore:
             "unsent": None,
         }
 
+    def add_outgoing(self, items: list[tuple[MessageRecord, tuple[bytes, ...], int]]) -> None:
+        """Store messages we send (fresh random ids) with their sealed copies, together:
+        ``(record, copies, now)`` each."""
+        rows = []
+        for record, envelopes, now in items:
+            row = self._message_row(record, now)
+            row["unsent"] = _Envelopes(items=envelopes).encode() if envelopes else None
+            rows.append(row)
+        with self._txn() as conn:
+            conn.execute(messages.insert(), rows)
+
+    def messages_sent(self, message_ids: list[bytes]) -> None:
+        """The relay holds every copy of these outgoing messages durably: they are SENT."""
+        with self._txn() as conn:
+            conn.execute(_MARK_SENT, [{"mid": mid} for mid in message_ids])
+
     def message_sent(self, message_id: bytes) -> None:
         """The relay holds every copy of an outgoing message durably: it is SENT."""
         with self._txn() as conn:
