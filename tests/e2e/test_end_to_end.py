@@ -5,6 +5,7 @@ library façade."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,5 +116,33 @@ def test_offline_recipient_gets_messages_on_return(
         assert states == {MessageState.READ}
         for device in devices.values():
             device.close()
+
+    asyncio.run(scenario())
+
+
+def test_people_keep_talking_while_their_server_is_down(
+    tmp_path: Path, deployment: tuple[RelayProcess, ServerProcess]
+) -> None:
+    _, server = deployment
+    tickets = {name: admin(server.data, "user", "add", name) for name in ("erin", "frank")}
+
+    async def scenario() -> None:
+        erin, frank = [
+            await Device.activate(
+                tmp_path / name, tickets[name]["ticket"], tickets[name]["password"], PASSCODE
+            )
+            for name in ("erin", "frank")
+        ]
+        await erin.send("frank", "before")
+        assert [m.text for m in await frank.sync()] == ["before"]
+        await frank.send("erin", "ack")
+        await erin.sync()
+        server.stop()  # directory entries are cached: the relay is all they need now
+        started = time.monotonic()
+        await erin.send("frank", "while the server is down")
+        assert [m.text for m in await frank.sync()] == ["while the server is down"]
+        assert time.monotonic() - started < 30
+        erin.close()
+        frank.close()
 
     asyncio.run(scenario())

@@ -100,6 +100,8 @@ T = TypeVar("T")
 
 _PREKEY_LIFETIME_FACTOR = 2
 _ANSWER_TIMEOUT_S = 15.0
+_MAINTAIN_WAIT_S = 3.0
+"""How long opening a connection waits for the server's list of our own devices."""
 _RECEIPT_DELAY_S = 0.1
 """Delivery receipts wait this long to go out together (one envelope per sending device)."""
 _MAX_CACHE_S = 86400
@@ -510,19 +512,32 @@ class Device:
     # --- keeping keys fresh -------------------------------------------------------------------
 
     async def _maintain(self) -> None:
-        # Once per connection, our own person's devices fresh from the server: a device
-        # activated since reaches every copy we send (and the first contact is what makes
-        # the server list a newly activated device).
-        await self.lookup([self.user], fresh=True)
+        """Keep keys and our own device list fresh. Messaging between people needs the relay
+        only: when the server does not answer, this waits at most a few seconds and the
+        connection goes on (what was not done is tried on the next connection)."""
+        # Our own person's devices fresh from the server: a device activated since reaches
+        # every copy we send (and this first contact is what makes the server list a newly
+        # activated device).
+        own = asyncio.ensure_future(self.lookup([self.user], fresh=True))
+        try:
+            await asyncio.wait_for(asyncio.shield(own), _MAINTAIN_WAIT_S)
+        except TimeoutError:
+            log.info("the server has not answered yet; using the cached device list")
+            own.add_done_callback(_consume)
+        except SealwireError as exc:
+            log.info("own devices not refreshed", extra={"reason": str(exc)})
         now_s = self._clock() // 1000
         self.store.delete_retired_prekeys(now_s)
         self._prekeys.clear()
-        kept = self.store.prekeys()
-        if not kept or now_s - kept[0][1] >= self._policy.prekey_rotation_s:
-            await self.rotate_prekey()
-        leaf = Certificate.parse(self._chain[0]).body
-        if leaf.not_after - now_s < (leaf.not_after - leaf.not_before) // 3:
-            await self.renew_certificate()
+        try:
+            kept = self.store.prekeys()
+            if not kept or now_s - kept[0][1] >= self._policy.prekey_rotation_s:
+                await self.rotate_prekey()
+            leaf = Certificate.parse(self._chain[0]).body
+            if leaf.not_after - now_s < (leaf.not_after - leaf.not_before) // 3:
+                await self.renew_certificate()
+        except TransportError as exc:  # the server is away: next connection
+            log.warning("key maintenance postponed", extra={"reason": str(exc)})
 
     async def rotate_prekey(self) -> None:
         """Make a new prekey, publish it through the server, and schedule the old private
@@ -1075,6 +1090,12 @@ async def _run_activation(
                     raise ActivationFailed(f"the activation was aborted ({event.reason})")
     finally:
         await conn.close()
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve a background future's exception so that asyncio does not report it."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _refusal_message(code: RefusalCode) -> str:
