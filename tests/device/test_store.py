@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sealwire.device.store import DeviceStore, MessageState
+from sealwire.device.store import DeviceStore, MessageRecord, MessageState
 from sealwire.errors import ConfigError, DeviceLocked, StorageError, WrongPasscode
 from sealwire.protocol.suite import Argon2Params
 
@@ -28,7 +28,8 @@ def make(home: Path, passcode: str = "123456-abc") -> DeviceStore:
 
 def add(store: DeviceStore, text: str = TEXT, message_id: bytes | None = None) -> bool:
     """Store one incoming message; ``True`` if it was new."""
-    return store.add_message(
+    record = MessageRecord(
+        seq=0,
         message_id=message_id or os.urandom(16),
         outgoing=False,
         state=MessageState.RECEIVED,
@@ -37,8 +38,9 @@ def add(store: DeviceStore, text: str = TEXT, message_id: bytes | None = None) -
         recipient="bob",
         text=text,
         sender_device=bytes(32),
-        now=2,
     )
+    [new] = store.add_incoming([(record, (os.urandom(16), 1, 0), 2)])
+    return new
 
 
 def test_a_message_round_trips_and_is_stored_once(tmp_path: Path) -> None:
@@ -119,8 +121,6 @@ def test_change_passcode(tmp_path: Path) -> None:
 
 
 def test_incoming_batches_store_each_message_once(tmp_path: Path) -> None:
-    from sealwire.device.store import MessageRecord
-
     store = make(tmp_path / "home")
 
     def record(message_id: bytes, text: str) -> MessageRecord:

@@ -778,10 +778,10 @@ class Device:
     async def _flush_outbox(self) -> None:
         """Hand every waiting envelope to the relay (after a reconnection: what the relay had
         not accepted before is sent again; recipients drop copies they already have)."""
-        await self._send_queued([(seq, envelope) for seq, _, envelope in self.store.outbox()])
+        await self._send_queued(self.store.outbox())
         for message_id, envelopes in self.store.unsent_messages():
             await asyncio.gather(*(self._send_envelope(env) for env in envelopes))
-            self.store.message_sent(message_id)
+            self.store.messages_sent([message_id])
 
     async def _send_queued(self, queued: list[tuple[int, bytes]]) -> None:
         """Send outbox entries (receipts), skipping any another call is sending; once the

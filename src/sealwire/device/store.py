@@ -108,7 +108,6 @@ outbox = sa.Table(
     "outbox",
     metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("message_id", sa.LargeBinary, nullable=True, index=True),
     sa.Column("envelope", sa.LargeBinary, nullable=False),
 )
 prekeys = sa.Table(
@@ -414,57 +413,6 @@ class DeviceStore:
 
     # --- messages -------------------------------------------------------------------------
 
-    def add_message(
-        self,
-        *,
-        message_id: bytes,
-        outgoing: bool,
-        state: MessageState,
-        sent_at: int,
-        sender: str,
-        recipient: str,
-        text: str,
-        sender_device: bytes,
-        now: int,
-        envelope: tuple[bytes, int, int] | None = None,
-        outbox_envelopes: tuple[bytes, ...] = (),
-        verified: bool = True,
-    ) -> bool:
-        """Store a message once; ``False`` if a message with that id (or the envelope it came
-        in) is stored already.
-
-        ``envelope`` (id, sent_at, horizon) records the envelope it came in, in the same
-        transaction, so a crash cannot drop a message as a replay. ``outbox_envelopes`` are
-        sealed copies to send, kept with the message until :meth:`message_sent`, so none is
-        lost.
-        """
-        blob = self._seal(
-            _MessageBlob(
-                sender=sender, recipient=recipient, text=text, sender_device=sender_device
-            ).encode(),
-            b"message:" + message_id,
-        )
-        with self._txn() as conn:
-            if envelope is not None and not self._record_seen(conn, *envelope):
-                return False
-            inserted = conn.execute(
-                _INSERT_MESSAGE,
-                {
-                    "message_id": message_id,
-                    "outgoing": outgoing,
-                    "state": int(state),
-                    "sent_at": sent_at,
-                    "stored_at": now,
-                    "verified": verified,
-                    "peer_tag": self._tag(recipient if outgoing else sender),
-                    "blob": blob,
-                    "unsent": _Envelopes(items=outbox_envelopes).encode()
-                    if outbox_envelopes
-                    else None,
-                },
-            ).first()
-            return inserted is not None
-
     def add_incoming(
         self, items: list[tuple[MessageRecord, tuple[bytes, int, int], int]]
     ) -> list[bool]:
@@ -548,11 +496,6 @@ class DeviceStore:
         with self._txn() as conn:
             conn.execute(_MARK_SENT, [{"mid": mid} for mid in message_ids])
 
-    def message_sent(self, message_id: bytes) -> None:
-        """The relay holds every copy of an outgoing message durably: it is SENT."""
-        with self._txn() as conn:
-            conn.execute(_MARK_SENT, {"mid": message_id})
-
     def unsent_messages(self) -> list[tuple[bytes, tuple[bytes, ...]]]:
         """Outgoing messages whose copies the relay may not hold yet (a crash, a lost
         connection): ``(message id, sealed copies)``, oldest first."""
@@ -626,24 +569,16 @@ class DeviceStore:
 
     # --- outbox ---------------------------------------------------------------------------
 
-    def queue_envelopes(self, envelopes: list[bytes], message_id: bytes | None = None) -> list[int]:
-        """Put sealed envelopes in the outbox; return their sequence numbers."""
+    def queue_envelopes(self, envelopes: list[bytes]) -> list[int]:
+        """Put sealed envelopes (receipts) in the outbox; return their sequence numbers."""
         with self._txn() as conn:
-            return [
-                int(
-                    conn.execute(_INSERT_OUTBOX, {"message_id": message_id, "envelope": e}).one()[0]
-                )
-                for e in envelopes
-            ]
+            return [int(conn.execute(_INSERT_OUTBOX, {"envelope": e}).one()[0]) for e in envelopes]
 
-    def outbox(self) -> list[tuple[int, bytes | None, bytes]]:
-        """``(seq, message id or None, sealed envelope)`` waiting to be sent, oldest first."""
+    def outbox(self) -> list[tuple[int, bytes]]:
+        """``(seq, sealed envelope)`` waiting to be sent (receipts), oldest first."""
         with self._txn() as conn:
             rows = conn.execute(sa.select(outbox).order_by(outbox.c.seq)).all()
-        return [
-            (row.seq, None if row.message_id is None else bytes(row.message_id), row.envelope)
-            for row in rows
-        ]
+        return [(row.seq, bytes(row.envelope)) for row in rows]
 
     def sent(self, seqs: list[int]) -> None:
         """The relay holds these outbox entries durably: drop them."""
