@@ -486,3 +486,32 @@ def test_peer_error_codes_do_not_become_metric_labels(tmp_path: Path) -> None:
             assert codes <= known, f"client-chosen labels: {sorted(codes - known)[:3]}..."
 
     run(body())
+
+
+def test_hand_over_during_a_backlog_pull_does_not_skip_the_rest(tmp_path: Path) -> None:
+    """A backlog larger than one pull (32): while the first pull awaits the backend, a new
+    envelope was handed straight over and moved the cursor past the backlog the pull had not
+    reached yet; the next pull started after it and the rest of the backlog stayed queued
+    until the recipient reconnected (found end to end by bench/e2e.py)."""
+
+    async def body() -> None:
+        org = live_org()
+        alice, bob = org.device(1), org.device(2)
+        backend = GatedBackend(tmp_path / "relay.db", QueueLimits())
+        async with relay(tmp_path, backend) as (_, url):
+            server = await org.connect_server(url)
+            sender = await alice.connect(url)
+            for i in range(40):
+                await sender.send(alice.seal_to(bob, b"old %d" % i))
+            backend.rearm()
+            opening = asyncio.create_task(bob.connect(url))
+            await asyncio.wait_for(backend.pending_read.wait(), 5)
+            await sender.send(alice.seal_to(bob, b"new"))  # arrives while the pull waits
+            backend.release.set()
+            conn = await asyncio.wait_for(opening, 5)
+            got = {bob.open(e) for _, e in await drain(conn, 1.0)}
+            assert got == {b"old %d" % i for i in range(40)} | {b"new"}
+            for c in (conn, sender, server):
+                await c.close()
+
+    run(body())
