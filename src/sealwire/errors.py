@@ -16,6 +16,12 @@ Every exception the package raises on purpose is a :class:`SealwireError`::
     ├── StorageError              the database or a file store failed
     │   └── QueueFull             a relay queue is at its count or byte limit
     ├── DeviceLocked              the device's store is locked: unlock it with the passcode
+    ├── DeviceWiped               the device was wiped (by command, policy or deprovisioning)
+    ├── AdminError                an administrative request was refused
+    │   ├── AuthenticationFailed  wrong administrator password, or a missing/expired token
+    │   ├── AccessDenied          the administrator's role does not allow the action
+    │   ├── NotFound              no such person, group, policy, device, command or account
+    │   └── Conflict              it exists already, or the request contradicts the state
     └── ConfigError               a configuration value is missing or invalid
 
 ``sealwire.mls`` is a self-contained library (RFC 9420) and keeps its own tree rooted at
@@ -28,15 +34,21 @@ protocol (docs/PROTOCOL.md lists them) and never change meaning.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
     "ActivationFailed",
+    "AdminError",
+    "AuthenticationFailed",
     "ConfigError",
+    "Conflict",
     "CryptoError",
     "DecodeError",
     "DeviceLocked",
+    "DeviceWiped",
     "InvalidCertificate",
     "InvalidEnvelope",
     "InvalidSignature",
     "LocalProtocolError",
+    "NotFound",
     "QueueFull",
     "RemoteProtocolError",
     "SealwireError",
@@ -119,6 +131,32 @@ class WrongPasscode(CryptoError):
 
 class DeviceLocked(SealwireError):
     """The device's store is locked; the message says how to unlock it."""
+
+
+class DeviceWiped(SealwireError):
+    """The device was wiped: its keys and messages are erased (by an administrator's command,
+    by too many wrong passcodes, or because its person was deprovisioned)."""
+
+
+class AdminError(SealwireError):
+    """An administrative request was refused; the message says why (the admin API answers
+    with an HTTP status per subclass)."""
+
+
+class AuthenticationFailed(AdminError):
+    """Wrong administrator name or password, or a missing, unknown or expired token."""
+
+
+class AccessDenied(AdminError):
+    """The administrator's role does not have the permission the action needs."""
+
+
+class NotFound(AdminError):
+    """No such person, group, policy, device, command or administrator."""
+
+
+class Conflict(AdminError):
+    """It exists already, or the request contradicts the current state."""
 
 
 class TransportError(SealwireError):

@@ -267,9 +267,12 @@ def test_invalid_directory_messages_are_refused(value: object) -> None:
     ids=["version-0", "rotation-low", "rotation-high", "cache-high", "negative-time", "version"],
 )
 def test_policy_values_out_of_range_are_refused(changes: dict[int, int]) -> None:
-    value = {0: 1, 1: NOW, 2: 86400, 3: 3600, **changes}
+    # Every key of the policy is required: start from a complete one that decodes.
+    valid = Policy(version=1, issued_at=NOW, prekey_rotation_s=86400, directory_cache_s=3600)
+    value = cbor2.loads(valid.encode())
+    assert SignedPolicy.decode(cbor2.dumps({0: value, 1: bytes(64)})).policy == valid
     with pytest.raises(DecodeError):
-        SignedPolicy.decode(cbor2.dumps({0: value, 1: bytes(64)}))
+        SignedPolicy.decode(cbor2.dumps({0: {**value, **changes}, 1: bytes(64)}))
 
 
 # --- signatures ------------------------------------------------------------------------------

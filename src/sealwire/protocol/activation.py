@@ -76,6 +76,7 @@ from sealwire.protocol.suite import (
 __all__ = [
     "DEVICE_TRANSITIONS",
     "MAX_ACTIVATION_MESSAGE",
+    "MAX_UNLOCK_ENVELOPE",
     "MESSAGES",
     "SERVER_TRANSITIONS",
     "TICKET_ID_SIZE",
@@ -101,6 +102,8 @@ __all__ = [
     "ServerInput",
     "ServerNotConfirmed",
     "ServerState",
+    "UnlockAnswer",
+    "UnlockRequest",
     "decode_message",
     "encode_message",
     "normalise_password",
@@ -113,6 +116,8 @@ log = logging.getLogger(__name__)
 TICKET_ID_SIZE = 16
 MAX_ACTIVATION_MESSAGE = MAX_ACTIVATION_PAYLOAD
 """Largest encoded activation message (16 KiB): what one relay ``Activation`` frame carries."""
+MAX_UNLOCK_ENVELOPE = MAX_ACTIVATION_PAYLOAD - 64
+"""Largest envelope an unlock request or answer carries (they are a few KiB)."""
 MAX_SIGNED_PREKEYS = 4
 MAX_SIGNED_PREKEY_SIZE = 2048
 MAX_POLICY_SIZE = 4 * 1024
@@ -238,6 +243,25 @@ class ActivationRefusal(Struct):
     code: RefusalCode = wire(0)
 
 
+@dataclass(frozen=True)
+class UnlockRequest(Struct):
+    """Device → server, through the activation channel: a sealed envelope from an activated
+    device (its ``FetchRemoteSecret``, docs/protocol/MANAGEMENT.md).
+
+    A locked device cannot open what waits in its relay queue (its prekeys are under the key
+    it is trying to unlock), so it asks outside its delivery stream: the relay routes this like
+    any activation message and never sees inside. The envelope authenticates the device."""
+
+    envelope: bytes = wire(0, max_size=MAX_UNLOCK_ENVELOPE)
+
+
+@dataclass(frozen=True)
+class UnlockAnswer(Struct):
+    """Server → device: the sealed answer (to the request's one-time key)."""
+
+    envelope: bytes = wire(0, max_size=MAX_UNLOCK_ENVELOPE)
+
+
 MESSAGES = Variants(
     "activation message",
     {
@@ -246,9 +270,12 @@ MESSAGES = Variants(
         3: ActivationConfirm,
         4: ActivationAnswer,
         5: ActivationRefusal,
+        6: UnlockRequest,
+        7: UnlockAnswer,
     },
 )
-"""The activation messages: ``[code, body]``, codes 1-5 never reused."""
+"""The activation messages: ``[code, body]``, codes 1-7 never reused (6 and 7 carry a locked
+device's unlock request and its answer; they are not part of a PAKE run)."""
 
 
 def encode_message(message: Struct) -> bytes:
@@ -294,6 +321,10 @@ class ServerAnswer(Struct):
     """The signed IT policy (encoded)."""
     directory: bytes = wire(3, max_size=MAX_DIRECTORY_SIZE)
     """First directory data (encoded)."""
+    remote_secret: bytes | None = wire(4, size=32, default=None)
+    """The device's *remote secret* (DESIGN §8): half of what its storage key is made from;
+    the server keeps it and deletes it on wipe. Servers always send it; a device refuses an
+    answer without it."""
 
 
 def _possession_message(ticket_id: bytes, server: bytes, share_a: bytes, share_b: bytes) -> bytes:

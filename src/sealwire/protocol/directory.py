@@ -37,7 +37,11 @@ from sealwire.protocol.suite import (
 __all__ = [
     "DIRECTORY_MESSAGES",
     "MAX_DEVICES_PER_USER",
+    "MAX_FAILED_ATTEMPTS",
+    "MAX_OFFLINE_GRACE_S",
+    "MAX_POLICY_NAME",
     "MAX_USERS_PER_QUERY",
+    "MIN_FAILED_ATTEMPTS",
     "REQUEST_ID_SIZE",
     "ActivationDirectory",
     "CertificateRenewed",
@@ -222,19 +226,45 @@ def decode_directory_message(data: bytes) -> Struct:
 # --- Policy ----------------------------------------------------------------------------------
 
 
+MAX_POLICY_NAME = 64
+MIN_FAILED_ATTEMPTS = 3
+MAX_FAILED_ATTEMPTS = 10
+MAX_OFFLINE_GRACE_S = 30 * 86400
+
+
 @dataclass(frozen=True)
 class Policy(Struct):
-    """The organisation's rules for its devices (the device-management issue extends it with
-    new keys; a device ignores nothing it does not understand: unknown keys fail decoding)."""
+    """The organisation's rules for its devices (IT policy, DESIGN §8). A device applies the
+    newest policy its server signed and reports whether it complies; it cannot ignore a rule it
+    does not understand, because unknown keys fail decoding."""
 
     version: int = wire(0, min_value=1, max_value=(1 << 31) - 1)
-    """Increases with every change."""
+    """The version of the named policy: increases with every change of it."""
     issued_at: int = wire(1, min_value=0, max_value=MAX_TIME)
+    """Unix seconds. A device never goes back to a policy issued before the one it has."""
     prekey_rotation_s: int = wire(2, min_value=3600, max_value=90 * 86400)
     """How often a device makes a new prekey; old private prekeys are deleted one envelope
     lifetime after they were replaced."""
     directory_cache_s: int = wire(3, min_value=0, max_value=86400)
     """How long devices may use a directory answer (the server also says so per answer)."""
+    name: str = wire(4, max_size=MAX_POLICY_NAME, default="default")
+    """The policy's name (policies are assigned to groups of people)."""
+    passcode_min_length: int = wire(5, min_value=6, max_value=64, default=6)
+    passcode_classes: int = wire(6, min_value=1, max_value=4, default=1)
+    """How many of the classes lower-case, upper-case, digit, other a passcode must mix."""
+    max_failed_attempts: int = wire(
+        7, min_value=MIN_FAILED_ATTEMPTS, max_value=MAX_FAILED_ATTEMPTS, default=10
+    )
+    """Wrong passcodes in a row after which the device erases itself."""
+    auto_lock_s: int = wire(8, min_value=0, max_value=86400, default=900)
+    """Idle time after which the device locks (0: never)."""
+    offline_grace_s: int = wire(9, min_value=0, max_value=MAX_OFFLINE_GRACE_S, default=72 * 3600)
+    """How long the device may keep its server's remote secret and stay unlockable without
+    reaching the server (0: it must reach the server at every unlock)."""
+    retention_days: int = wire(10, min_value=0, max_value=3650, default=0)
+    """Messages older than this are deleted (0: kept until the person deletes them)."""
+    export_allowed: bool = wire(11, default=True)
+    """Whether the person may export their messages from the device."""
 
 
 @dataclass(frozen=True)
