@@ -46,6 +46,9 @@ class ServerProcess:
             "--relay",
             self.relay_url,
             *(["--database", self.database] if self.database else []),
+            # A free port for the admin API (its URL is in DATA/server/admin-url for the CLI).
+            "--admin-listen",
+            "127.0.0.1:0",
             *self.args,
         ]
         with open(self.log, "a") as log, open(self.out, "a") as stdout:
@@ -100,7 +103,12 @@ def cli(*args: str, stdin: str = "", timeout: float = 60.0) -> CliResult:
 
 
 def admin(data: Path, *args: str) -> Any:
-    """``sealwire admin --data DATA --json ARGS``; its parsed JSON (fails the test on error)."""
+    """``sealwire admin --data DATA --json ARGS``; its parsed JSON (fails the test on error).
+
+    Run where the server's data directory is, the command finds the admin API through
+    ``DATA/server/admin-url`` and logs in as the first administrator (``admin``, security admin)
+    with ``DATA/server/initial-admin-password`` by itself, keeping the token in
+    ``DATA/server/admin-token``."""
     result = cli("admin", "--data", str(data), "--json", *args)
     assert result.code == 0, result.err
     return result.json()

@@ -24,7 +24,7 @@ class ServerConfig:
     machine (``sealwire up``)."""
 
     data: str = "./sealwire-data"
-    """Data directory: the server keeps ``server/`` in it (keys, database, admin socket)."""
+    """Data directory: the server keeps ``server/`` in it (keys, database, admin API URL)."""
     relay: str = ""
     """The relay URL (``wss://relay.example.com``, ``ws://127.0.0.1:8443`` on loopback).
     Needed on the first run; remembered in the database after it."""
@@ -51,6 +51,19 @@ class ServerConfig:
     """How often devices make a new prekey (policy)."""
     max_devices_per_user: int = 10
     """Most active devices per person (each message is sealed to each of them)."""
+    admin_listen: str = "127.0.0.1:8444"
+    """Where the admin API (HTTP/JSON, :mod:`sealwire.server.api`) listens: ``HOST:PORT``
+    (port 0: any free port; ``sealwire admin`` finds it in ``DATA/server/admin-url``). Off
+    loopback it needs TLS (``admin_tls_cert``/``admin_tls_key``) or ``admin_allow_plain``."""
+    admin_tls_cert: str = ""
+    """PEM certificate (chain) for the admin API; with ``admin_tls_key`` it serves HTTPS."""
+    admin_tls_key: str = ""
+    """PEM private key for ``admin_tls_cert``."""
+    admin_allow_plain: bool = False
+    """Allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy on a
+    trusted network: tokens and passwords travel in the clear otherwise)."""
+    admin_token_lifetime_s: int = 12 * 3600
+    """How long an administrator's login lasts (5 minutes to 7 days)."""
     log_format: str = "json"
     """``json`` (one object per line) or ``text``."""
     log_level: str = "info"
@@ -68,9 +81,19 @@ class ServerConfig:
         return Path(self.key_file) if self.key_file else self.server_dir / "master.key"
 
     @property
-    def admin_socket(self) -> Path:
-        """The local admin endpoint (a Unix socket, mode 0600, in a 0700 directory)."""
-        return self.server_dir / "admin.sock"
+    def admin_address(self) -> tuple[str, int]:
+        """``admin_listen`` as ``(host, port)``.
+
+        Raises:
+            ConfigError: it is not ``HOST:PORT``.
+        """
+        host, sep, port = self.admin_listen.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(
+                f"admin_listen {self.admin_listen!r} is not HOST:PORT (e.g. 127.0.0.1:8444)"
+            )
+        return host, int(port)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
@@ -126,6 +149,11 @@ def load_server_config(
         raise ConfigError("ticket_attempts must be between 1 and 20")
     if not 3600 <= config.device_certificate_s <= 366 * 86400:
         raise ConfigError("device_certificate_s must be between one hour and a year")
+    if not 300 <= config.admin_token_lifetime_s <= 7 * 86400:
+        raise ConfigError("admin_token_lifetime_s must be between 5 minutes and 7 days")
+    if bool(config.admin_tls_cert) != bool(config.admin_tls_key):
+        raise ConfigError("admin_tls_cert and admin_tls_key go together: set both or neither")
+    config.admin_address  # noqa: B018 (checks the form)
     if not 1 <= config.max_devices_per_user <= 10:
         raise ConfigError("max_devices_per_user must be between 1 and 10")
     return config

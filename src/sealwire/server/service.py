@@ -37,16 +37,20 @@ from sealwire.protocol.activation import (
     RefusalCode,
     ServerActivation,
     ServerAnswer,
+    UnlockAnswer,
+    UnlockRequest,
+    decode_message,
+    encode_message,
     normalise_password,
     ticket_to_text,
 )
+from sealwire.protocol.codec import Struct
 from sealwire.protocol.directory import (
     ActivationDirectory,
     CertificateRenewed,
     DeviceEntry,
     DirectoryAnswer,
     DirectoryQuery,
-    Policy,
     PrekeysPublished,
     PublishPrekeys,
     RenewCertificate,
@@ -73,6 +77,20 @@ from sealwire.protocol.identity import (
     short_address,
     sign_prekey,
 )
+from sealwire.protocol.management import (
+    Command,
+    CommandResult,
+    CommandStatus,
+    DeviceReport,
+    FetchRemoteSecret,
+    ManagementAnswer,
+    RemoteSecretAnswer,
+    SecretStatus,
+    SignedCommand,
+    decode_management_message,
+    encode_management_message,
+    payload_type_of,
+)
 from sealwire.protocol.session import ActivationReceived, EnvelopeDelivered
 from sealwire.protocol.suite import (
     Argon2Params,
@@ -84,6 +102,16 @@ from sealwire.protocol.suite import (
 )
 from sealwire.transport import RelayConnection, SessionEnded
 
+from .accounts import AdminAccounts
+from .administration import (
+    COMMAND_PURPOSE,
+    REMOTE_SECRET_PURPOSE,
+    Administration,
+    PolicySettings,
+    effective_policy,
+    issue_names,
+)
+from .audit import AuditLog
 from .config import MAX_TICKET_LIFETIME_S, ServerConfig
 from .keystore import ServerKeys, create_key_file, load_keys, save_keys
 from .store import DeviceRecord, ServerStore, TicketState, UnknownUser
@@ -169,15 +197,18 @@ class EnterpriseServer:
         if relay is None or relay.decode() != self.relay_url:
             store.put_setting("relay", self.relay_url.encode())
         self.organisation_name = name.decode() if name else "Sealwire"
-        self._policy = SignedPolicy.sign(
-            Policy(
-                version=1,
-                issued_at=clock() // 1000,
-                prekey_rotation_s=config.prekey_rotation_s,
-                directory_cache_s=config.directory_cache_s,
-            ),
-            self._identity,
+        self.audit = AuditLog(store.db, self._identity, clock=clock)
+        self.accounts = AdminAccounts(
+            store.db, self.audit, clock=clock, token_lifetime_s=config.admin_token_lifetime_s
         )
+        with store.db.transaction() as conn:
+            if store.policy_row(conn, "default") is None:
+                settings = PolicySettings(
+                    prekey_rotation_s=config.prekey_rotation_s,
+                    directory_cache_s=config.directory_cache_s,
+                ).check()
+                store.put_policy(conn, "default", settings.to_json(), clock(), "system")
+        self.administration = Administration(self)
         self._conn: RelayConnection | None = None
         self._connected = asyncio.Event()
         self._runs: dict[bytes, tuple[ServerActivation, float]] = {}
@@ -329,6 +360,7 @@ class EnterpriseServer:
             delay = min(delay * 2, _BACKOFF_MAX_S)
 
     async def _serve(self, conn: RelayConnection) -> None:
+        await self.send_revocations()  # any the relay has not confirmed (e.g. made while away)
         deliveries = asyncio.create_task(self._deliveries(conn))
         activations = asyncio.create_task(self._activations(conn))
         waiters: list[asyncio.Future[Any]] = [deliveries, activations, conn.ended]
@@ -385,6 +417,9 @@ class EnterpriseServer:
         if device is not None and device.state == "pending":
             self.store.confirm_device(device.address)
             device = self.store.device(sender.subject)
+        if device is not None and opened.payload_type in _MANAGEMENT_TYPES:
+            await self._handle_management(conn, device, opened)
+            return
         if device is None or device.state != "active":
             log.info("envelope from an unknown or disabled device", extra=_dev(sender.subject))
             return
@@ -404,6 +439,220 @@ class EnterpriseServer:
             answer = self._renew(device, message)
         if answer is not None:
             await conn.send(self._seal_to(device, answer))
+
+    # --- device management ------------------------------------------------------------------
+
+    async def _handle_management(
+        self, conn: RelayConnection, device: DeviceRecord, opened: OpenedEnvelope
+    ) -> None:
+        """Reports, command results and remote-secret requests. Devices that were wiped or
+        revoked are still answered here: that is how they learn they must erase themselves."""
+        try:
+            message = decode_management_message(opened.payload_type, opened.body)
+        except DecodeError as exc:
+            log.info("malformed management message", extra={"reason": exc.reason})
+            return
+        now = self._clock()
+        if isinstance(message, FetchRemoteSecret):
+            await conn.send(self._secret_envelope(device, message, now))
+        elif isinstance(message, DeviceReport):
+            await conn.send(self._seal_to(device, self._report_answer(device, message, now)))
+        elif isinstance(message, CommandResult) and self._command_result(device, message, now):
+            await self.send_revocations()
+
+    def _secret_envelope(self, device: DeviceRecord, message: FetchRemoteSecret, now: int) -> bytes:
+        answer = self._remote_secret_answer(device, message, now)
+        return self._seal(
+            device.address, message.reply_prekey_id, XWingPublicKey(message.reply_key), answer
+        )
+
+    def _unlock(self, request: UnlockRequest) -> bytes | None:
+        """A locked device's request for its remote secret, through the activation channel;
+        the encoded :class:`UnlockAnswer`, or ``None`` (dropped) if it does not check out."""
+        try:
+            opened = self._open(request.envelope)
+            message = decode_management_message(opened.payload_type, opened.body)
+        except (InvalidEnvelope, DecodeError):
+            log.info("dropped an unlock request that does not open")
+            return None
+        sender = opened.sender.body
+        device = self.store.device(sender.subject) if sender.role is Role.DEVICE else None
+        if device is None or not isinstance(message, FetchRemoteSecret):
+            return None
+        try:
+            envelope = self._secret_envelope(device, message, self._clock())
+        except SealwireError as exc:  # e.g. a reply key that is not a valid X-Wing key
+            log.info("dropped an unlock request", extra={"reason": str(exc)})
+            return None
+        return encode_message(UnlockAnswer(envelope=envelope))
+
+    def _remote_secret_answer(
+        self, device: DeviceRecord, message: FetchRemoteSecret, now: int
+    ) -> Struct:
+        with self.store.db.transaction() as conn:
+            row = self.store.managed_device(conn, device.address)
+            self.store.seen_device(conn, device.address, now)
+            if device.state not in ("pending", "active") or row is None or not row.remote_secret:
+                log.info(
+                    "a wiped or revoked device asked for its secret", extra=_dev(device.address)
+                )
+                return RemoteSecretAnswer(request_id=message.request_id, status=SecretStatus.WIPE)
+            secret = open_at_rest(
+                self.keys.ticket_key,
+                bytes(row.remote_secret),
+                purpose=REMOTE_SECRET_PURPOSE,
+                context=device.address,
+            )
+            user_id = self.store.user_id(conn, device.username)
+            policy = self._signed_policy(conn, user_id)
+        return RemoteSecretAnswer(
+            request_id=message.request_id,
+            status=SecretStatus.GRANTED,
+            secret=secret,
+            policy=policy,
+        )
+
+    def _report_answer(self, device: DeviceRecord, report: DeviceReport, now: int) -> Struct:
+        with self.store.db.transaction() as conn:
+            self.store.seen_device(conn, device.address, now)
+            self.store.report_compliance(
+                conn,
+                device.address,
+                report.policy_name,
+                report.policy_version,
+                issue_names(report.issues),
+            )
+            policy = None
+            if device.state in ("pending", "active"):
+                user_id = self.store.user_id(conn, device.username)
+                rules = effective_policy(self.store, conn, user_id)
+                if (rules.name, rules.version) != (report.policy_name, report.policy_version):
+                    policy = self._signed_policy(conn, user_id)
+            commands = [
+                SignedCommand.decode(
+                    open_at_rest(
+                        self.keys.ticket_key,
+                        bytes(row.signed),
+                        purpose=COMMAND_PURPOSE,
+                        context=bytes(row.command_id),
+                    ),
+                    max_size=4096,
+                )
+                for row in self.store.command_rows(
+                    conn, address=device.address, states=("queued",), limit=16
+                )
+            ]
+        return ManagementAnswer(
+            request_id=report.request_id, policy=policy, commands=tuple(commands)
+        )
+
+    def _command_result(self, device: DeviceRecord, result: CommandResult, now: int) -> bool:
+        """Record a result; ``True`` when a wipe was carried out (the relay may now refuse the
+        device for good)."""
+        state = "done" if result.status is CommandStatus.DONE else "failed"
+        with self.store.db.transaction() as conn:
+            row = self.store.complete_command(
+                conn, result.command_id, device.address, state, result.detail, now
+            )
+            if row is None:
+                return False  # repeated, or not a command of this device
+            self.audit.append(
+                f"device:{short_address(device.address)}",
+                "command.result",
+                result.command_id.hex(),
+                {"kind": row.kind, "state": state, "detail": result.detail},
+                conn=conn,
+            )
+            wiped = row.kind == "wipe" and state == "done"
+            if wiped:
+                self.store.add_revocations(conn, [device.address], now)
+        log.info("command result", extra={"kind": row.kind, "state": state, **_dev(device.address)})
+        return wiped
+
+    def _signed_policy(self, conn: Any, user_id: int) -> SignedPolicy:
+        rules = effective_policy(self.store, conn, user_id)
+        return SignedPolicy.sign(
+            rules.settings.policy(rules.name, max(1, rules.version), self._clock() // 1000),
+            self._identity,
+        )
+
+    def _seal_secret(self, address: bytes, secret: bytes) -> bytes:
+        return seal_at_rest(
+            self.keys.ticket_key,
+            secret,
+            purpose=REMOTE_SECRET_PURPOSE,
+            context=address,
+            random=self._random,
+        )
+
+    async def push_command(self, signed: SignedCommand) -> None:
+        """Send a command to its device now if the relay link is up (the relay queues it for
+        an offline device; the device also gets every unacknowledged command when it next
+        reports, so nothing depends on this push)."""
+        device = self.store.device(signed.command.device)
+        if device is not None:
+            await self._push(device, signed)
+
+    async def push_policies(self) -> None:
+        """Send each active device whose last reported policy is not its person's current
+        one the policy it should apply."""
+        if not self.connected:
+            return
+        pushes: list[tuple[bytes, SignedPolicy]] = []
+        with self.store.db.transaction() as conn:
+            for row in self.store.all_devices(conn):
+                if row.state != "active":
+                    continue
+                user_id = self.store.user_id(conn, row.username)
+                rules = effective_policy(self.store, conn, user_id)
+                if (rules.name, rules.version) != (row.policy_name, row.policy_version):
+                    pushes.append((bytes(row.address), self._signed_policy(conn, user_id)))
+        for address, policy in pushes:
+            device = self.store.device(address)
+            if device is not None:
+                await self._push(device, policy)
+
+    async def _push(self, device: DeviceRecord, message: Struct) -> None:
+        conn = self._conn
+        if conn is None or conn.closed or not device.prekeys:
+            return
+        try:
+            await conn.send(self._seal_to(device, message))
+        except SealwireError as exc:
+            log.warning("push not sent", extra={"reason": str(exc), **_dev(device.address)})
+
+    async def send_revocations(self) -> None:
+        """Hand the relay every revocation it has not confirmed yet (on each connection and
+        after each deprovisioning or wipe)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        pending = self.store.pending_revocations()
+        if not pending:
+            return
+        try:
+            await conn.revoke(pending)
+        except SealwireError as exc:
+            log.warning("revocations not confirmed yet", extra={"reason": str(exc)})
+            return
+        self.store.revocations_done(pending)
+        log.info("the relay refuses revoked devices", extra={"count": len(pending)})
+
+    # --- helpers for the administration layer -------------------------------------------------
+
+    def now_ms(self) -> int:
+        return self._clock()
+
+    def random(self, n: int) -> bytes:
+        return self._random(n)
+
+    def sign_command(self, command: Command) -> SignedCommand:
+        return SignedCommand.sign(command, self._identity)
+
+    def check_ticket_lifetime(self, lifetime_s: int | None) -> None:
+        """Raises: ConfigError for a lifetime outside one minute to 30 days."""
+        if lifetime_s is not None and not 60 <= lifetime_s <= MAX_TICKET_LIFETIME_S:
+            raise ConfigError("an activation password lives between one minute and 30 days")
 
     def _answer_query(self, query: DirectoryQuery) -> bytes:
         now_s = self._clock() // 1000
@@ -473,17 +722,33 @@ class EnterpriseServer:
             not_after=min(now_s + self.config.device_certificate_s, server_not_after),
         )
 
-    def _seal_to(self, device: DeviceRecord, body: bytes) -> bytes:
+    def _seal_to(self, device: DeviceRecord, message: bytes | Struct) -> bytes:
+        """Seal a directory message (encoded) or a management message to a device."""
         if not device.prekeys:
             raise TransportError("the device has no valid prekey to seal to")
         signed = verify_prekey(device.prekeys[0], device.identity_key, now=self._clock() // 1000)
+        return self._seal(
+            device.address,
+            signed.prekey.prekey_id,
+            XWingPublicKey(signed.prekey.public_key),
+            message,
+        )
+
+    def _seal(
+        self, address: bytes, prekey_id: int, prekey: XWingPublicKey, message: bytes | Struct
+    ) -> bytes:
+        if isinstance(message, bytes):
+            payload_type, body = PayloadType.DIRECTORY, message
+        else:
+            payload_type = payload_type_of(message)
+            body = encode_management_message(message)
         return seal(
             sender=self._identity,
             sender_chain=self._chain,
-            recipient=device.address,
-            prekey_id=signed.prekey.prekey_id,
-            prekey=XWingPublicKey(signed.prekey.public_key),
-            payload_type=PayloadType.DIRECTORY,
+            recipient=address,
+            prekey_id=prekey_id,
+            prekey=prekey,
+            payload_type=payload_type,
             body=body,
             now_ms=self._clock(),
             random=self._random,
@@ -494,6 +759,19 @@ class EnterpriseServer:
     async def _activations(self, conn: RelayConnection) -> None:
         while True:
             received = await conn.activations.get()
+            try:
+                unlock = decode_message(received.payload)
+            except DecodeError:
+                unlock = None
+            if isinstance(unlock, UnlockRequest):
+                try:
+                    answer = self._unlock(unlock)
+                except SealwireError as exc:  # never lose the link over one request
+                    log.warning("unlock request not handled", extra={"reason": str(exc)})
+                    continue
+                if answer is not None:
+                    await conn.send_activation(received.session, answer)
+                continue
             for data in self._activation_step(received):
                 await conn.send_activation(received.session, data)
 
@@ -561,6 +839,7 @@ class EnterpriseServer:
             run.refuse(RefusalCode.NOT_PERMITTED)
             return
         certificate = self._issue_device_certificate(keys.identity_key)
+        remote_secret = self._random(32)
         if not self.store.activate_device(
             ticket_id=event.ticket_id,
             address=address,
@@ -570,10 +849,20 @@ class EnterpriseServer:
             signed_prekeys=checked,
             now=self._clock(),
             max_devices=self.config.max_devices_per_user,
+            remote_secret=self._seal_secret(address, remote_secret),
         ):
             run.refuse(RefusalCode.NOT_PERMITTED)
             return
         user = next(u for u in self.store.users() if u.id == record.user_id)
+        with self.store.db.transaction() as conn:
+            policy = self._signed_policy(conn, user.id)
+            self.audit.append(
+                "system",
+                "device.activate",
+                user.username,
+                {"device": short_address(address)},
+                conn=conn,
+            )
         directory = ActivationDirectory(
             organisation_name=self.organisation_name,
             user=user.username,
@@ -585,8 +874,9 @@ class EnterpriseServer:
             ServerAnswer(
                 certificate_chain=(certificate.encode(), *self._chain),
                 organisation_root_key=self._root_public,
-                policy=self._policy.encode(),
+                policy=policy.encode(),
                 directory=directory.encode(),
+                remote_secret=remote_secret,
             )
         )
         self.activations += 1
@@ -653,6 +943,9 @@ class EnterpriseServer:
             "activations_since_start": self.activations,
             "database": self.store.db.dialect,
         }
+
+
+_MANAGEMENT_TYPES = (PayloadType.POLICY, PayloadType.COMMAND, PayloadType.CONTROL)
 
 
 def _lock_data_directory(directory: Path) -> int:

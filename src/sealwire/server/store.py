@@ -15,12 +15,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from sealwire.errors import SealwireError
+from sealwire.errors import Conflict, NotFound
 from sealwire.storage import Database, Migration
 
 __all__ = [
@@ -90,18 +91,109 @@ seen = sa.Table(
 )
 
 
+# --- v2: device management (issue 5) ----------------------------------------------------------
+
+managed = sa.Table(
+    "device_management",
+    metadata,
+    sa.Column("address", sa.LargeBinary, sa.ForeignKey("devices.address"), primary_key=True),
+    sa.Column("remote_secret", sa.LargeBinary, nullable=True),
+    # Sealed under the server's key (a dump of the database alone does not hold it); NULL once
+    # the device is wiped or its person deprovisioned: the crypto-backed wipe.
+    sa.Column("last_seen", sa.BigInteger, nullable=True),
+    sa.Column("policy_name", sa.String(64), nullable=True),
+    sa.Column("policy_version", sa.Integer, nullable=True),
+    sa.Column("issues", sa.String(256), nullable=True),
+    # Comma-separated compliance issue names; "" when the device complies; NULL: not reported.
+)
+policies = sa.Table(
+    "policies",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("settings", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_by", sa.String(128), nullable=False),
+)
+policy_versions = sa.Table(
+    "policy_versions",
+    metadata,
+    sa.Column("policy_id", sa.Integer, sa.ForeignKey("policies.id"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("settings", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+)
+groups = sa.Table(
+    "groups",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("description", sa.String(256), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("policy_id", sa.Integer, sa.ForeignKey("policies.id"), nullable=True),
+)
+members = sa.Table(
+    "group_members",
+    metadata,
+    sa.Column("group_id", sa.Integer, sa.ForeignKey("groups.id"), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), primary_key=True, index=True),
+)
+commands = sa.Table(
+    "commands",
+    metadata,
+    sa.Column("command_id", sa.LargeBinary, primary_key=True),
+    sa.Column("address", sa.LargeBinary, sa.ForeignKey("devices.address"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("signed", sa.LargeBinary, nullable=False),
+    # The encoded SignedCommand, sealed under the server's key (a lock may carry a passcode).
+    sa.Column("created_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("completed_at", sa.BigInteger, nullable=True),
+    sa.Column("detail", sa.String(256), nullable=False),
+)
+revocations = sa.Table(
+    "pending_revocations",
+    metadata,
+    sa.Column("address", sa.LargeBinary, primary_key=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+"""Addresses the relay must refuse, until the relay has confirmed each (nothing lost while the
+relay link is down)."""
+
+_V1 = ("settings", "users", "tickets", "devices", "prekeys", "seen_envelopes")
+
+
 def _create_v1(conn: sa.Connection) -> None:
-    metadata.create_all(conn)
+    metadata.create_all(conn, tables=[metadata.tables[name] for name in _V1])
 
 
-MIGRATIONS = (Migration(1, "people, tickets, devices, prekeys, seen envelopes", _create_v1),)
+def _create_v2(conn: sa.Connection) -> None:
+    from .accounts import create_tables as create_account_tables
+    from .audit import create_tables as create_audit_tables
+
+    metadata.create_all(
+        conn, tables=[managed, policies, policy_versions, groups, members, commands, revocations]
+    )
+    create_audit_tables(conn)
+    create_account_tables(conn)
 
 
-class UserExists(SealwireError):
+MIGRATIONS = (
+    Migration(1, "people, tickets, devices, prekeys, seen envelopes", _create_v1),
+    Migration(
+        2, "device management: policies, groups, commands, audit, administrators", _create_v2
+    ),
+)
+
+
+class UserExists(Conflict):
     """A person with that user name exists already."""
 
 
-class UnknownUser(SealwireError):
+class UnknownUser(NotFound):
     """No person with that user name."""
 
 
@@ -307,11 +399,13 @@ class ServerStore:
         signed_prekeys: Sequence[tuple[int, bytes, int]],
         now: int,
         max_devices: int,
+        remote_secret: bytes,
     ) -> bool:
         """Use an open, unexpired ticket to add a device; ``False`` if the ticket is no longer
         usable (used, burned, expired, revoked) or the person has ``max_devices`` already.
 
-        ``signed_prekeys`` holds ``(prekey id, encoded signed prekey, not_after)``.
+        ``signed_prekeys`` holds ``(prekey id, encoded signed prekey, not_after)``;
+        ``remote_secret`` is the device's remote secret, sealed under the server's key.
         """
         with self.db.transaction() as conn:
             row = conn.execute(
@@ -357,6 +451,7 @@ class ServerStore:
                         address=address, prekey_id=prekey_id, signed=signed, not_after=not_after
                     )
                 )
+            conn.execute(managed.insert().values(address=address, remote_secret=remote_secret))
         return True
 
     # --- devices and directory --------------------------------------------------------------
@@ -446,3 +541,301 @@ class ServerStore:
             ).first()
             conn.execute(seen.delete().where(seen.c.sent_at < horizon))
         return inserted is not None
+
+    # --- device management (every method takes the caller's transaction) ----------------------
+
+    def managed_device(self, conn: sa.Connection, address: bytes) -> sa.Row[Any] | None:
+        return conn.execute(sa.select(managed).where(managed.c.address == address)).first()
+
+    def put_remote_secret(self, conn: sa.Connection, address: bytes, sealed: bytes) -> None:
+        done = conn.execute(
+            managed.update().where(managed.c.address == address).values(remote_secret=sealed)
+        )
+        if done.rowcount == 0:
+            conn.execute(managed.insert().values(address=address, remote_secret=sealed))
+
+    def seen_device(self, conn: sa.Connection, address: bytes, now: int) -> None:
+        conn.execute(managed.update().where(managed.c.address == address).values(last_seen=now))
+
+    def report_compliance(
+        self, conn: sa.Connection, address: bytes, name: str, version: int, issues: str
+    ) -> None:
+        conn.execute(
+            managed.update()
+            .where(managed.c.address == address)
+            .values(policy_name=name, policy_version=version, issues=issues)
+        )
+
+    def end_devices(self, conn: sa.Connection, addresses: Sequence[bytes], state: str) -> None:
+        """Mark devices ``wiped`` or ``revoked``: out of the directory, remote secrets deleted
+        (a copy of such a device cannot be unlocked once its offline grace has passed)."""
+        if not addresses:
+            return
+        conn.execute(
+            devices.update()
+            .where(devices.c.address.in_(list(addresses)), devices.c.state != "revoked")
+            .values(state=state)
+        )
+        conn.execute(
+            managed.update()
+            .where(managed.c.address.in_(list(addresses)))
+            .values(remote_secret=None)
+        )
+
+    def user_id(self, conn: sa.Connection, username: str) -> int:
+        row = conn.execute(sa.select(users.c.id).where(users.c.username == username)).first()
+        if row is None:
+            raise UnknownUser(f"no person with the user name {username!r}")
+        return int(row[0])
+
+    def set_user_state(self, conn: sa.Connection, user_id: int, state: str) -> None:
+        conn.execute(users.update().where(users.c.id == user_id).values(state=state))
+        if state != "active":
+            conn.execute(
+                tickets.update()
+                .where(tickets.c.user_id == user_id, tickets.c.state == TicketState.OPEN.value)
+                .values(state=TicketState.REVOKED.value, sealed_scalar=b"")
+            )
+
+    def device_addresses(
+        self, conn: sa.Connection, user_id: int, states: Sequence[str]
+    ) -> list[bytes]:
+        rows = conn.execute(
+            sa.select(devices.c.address).where(
+                devices.c.user_id == user_id, devices.c.state.in_(list(states))
+            )
+        )
+        return [bytes(row[0]) for row in rows]
+
+    # --- revocations waiting for the relay --------------------------------------------------
+
+    def add_revocations(self, conn: sa.Connection, addresses: Sequence[bytes], now: int) -> None:
+        for address in addresses:
+            if not conn.execute(
+                sa.select(revocations.c.address).where(revocations.c.address == address)
+            ).first():
+                conn.execute(revocations.insert().values(address=address, created_at=now))
+
+    def pending_revocations(self) -> list[bytes]:
+        with self.db.transaction() as conn:
+            rows = conn.execute(sa.select(revocations.c.address).order_by(revocations.c.created_at))
+            return [bytes(row[0]) for row in rows]
+
+    def revocations_done(self, addresses: Sequence[bytes]) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(revocations.delete().where(revocations.c.address.in_(list(addresses))))
+
+    # --- policies and groups ------------------------------------------------------------------
+
+    def policy_rows(self, conn: sa.Connection) -> list[sa.Row[Any]]:
+        return list(conn.execute(sa.select(policies).order_by(policies.c.name)))
+
+    def policy_row(self, conn: sa.Connection, name: str) -> sa.Row[Any] | None:
+        return conn.execute(sa.select(policies).where(policies.c.name == name)).first()
+
+    def put_policy(
+        self, conn: sa.Connection, name: str, settings: str, now: int, actor: str
+    ) -> int:
+        """Create the policy or store its next version; return the version."""
+        row = self.policy_row(conn, name)
+        if row is None:
+            version = 1
+            key = conn.execute(
+                policies.insert().values(
+                    name=name, version=1, settings=settings, updated_at=now, updated_by=actor
+                )
+            ).inserted_primary_key
+            assert key is not None
+            policy_id = int(key[0])
+        else:
+            version = int(row.version) + 1
+            policy_id = int(row.id)
+            conn.execute(
+                policies.update()
+                .where(policies.c.id == policy_id)
+                .values(version=version, settings=settings, updated_at=now, updated_by=actor)
+            )
+        conn.execute(
+            policy_versions.insert().values(
+                policy_id=policy_id,
+                version=version,
+                settings=settings,
+                created_at=now,
+                created_by=actor,
+            )
+        )
+        return version
+
+    def delete_policy(self, conn: sa.Connection, policy_id: int) -> None:
+        conn.execute(policy_versions.delete().where(policy_versions.c.policy_id == policy_id))
+        conn.execute(policies.delete().where(policies.c.id == policy_id))
+
+    def group_rows(self, conn: sa.Connection, name: str | None = None) -> list[sa.Row[Any]]:
+        query = (
+            sa.select(groups, policies.c.name.label("policy_name"))
+            .outerjoin(policies, policies.c.id == groups.c.policy_id)
+            .order_by(groups.c.priority, groups.c.name)
+        )
+        if name is not None:
+            query = query.where(groups.c.name == name)
+        return list(conn.execute(query))
+
+    def group_members(self, conn: sa.Connection, group_id: int) -> list[str]:
+        rows = conn.execute(
+            sa.select(users.c.username)
+            .join(members, members.c.user_id == users.c.id)
+            .where(members.c.group_id == group_id)
+            .order_by(users.c.username)
+        )
+        return [row[0] for row in rows]
+
+    def user_groups(self, conn: sa.Connection, user_id: int) -> list[sa.Row[Any]]:
+        """The person's groups, first (lowest priority number) first, with their policy."""
+        return list(
+            conn.execute(
+                sa.select(groups.c.name, groups.c.policy_id, policies.c.name.label("policy"))
+                .join(members, members.c.group_id == groups.c.id)
+                .outerjoin(policies, policies.c.id == groups.c.policy_id)
+                .where(members.c.user_id == user_id)
+                .order_by(groups.c.priority, groups.c.name)
+            )
+        )
+
+    def add_group(
+        self,
+        conn: sa.Connection,
+        name: str,
+        description: str,
+        priority: int,
+        policy_id: int | None,
+    ) -> None:
+        if conn.execute(sa.select(groups.c.id).where(groups.c.name == name)).first():
+            raise Conflict(f"a group named {name!r} exists already")
+        conn.execute(
+            groups.insert().values(
+                name=name, description=description, priority=priority, policy_id=policy_id
+            )
+        )
+
+    def update_group(self, conn: sa.Connection, group_id: int, **values: Any) -> None:
+        conn.execute(groups.update().where(groups.c.id == group_id).values(**values))
+
+    def delete_group(self, conn: sa.Connection, group_id: int) -> None:
+        conn.execute(members.delete().where(members.c.group_id == group_id))
+        conn.execute(groups.delete().where(groups.c.id == group_id))
+
+    def set_member(self, conn: sa.Connection, group_id: int, user_id: int, member: bool) -> None:
+        where = (members.c.group_id == group_id, members.c.user_id == user_id)
+        present = conn.execute(sa.select(members.c.user_id).where(*where)).first() is not None
+        if member and not present:
+            conn.execute(members.insert().values(group_id=group_id, user_id=user_id))
+        elif not member and present:
+            conn.execute(members.delete().where(*where))
+
+    def users_of_policy(self, conn: sa.Connection) -> dict[int, list[int]]:
+        """User ids by group policy id (for pushing a changed policy)."""
+        out: dict[int, list[int]] = {}
+        for row in conn.execute(
+            sa.select(groups.c.policy_id, members.c.user_id)
+            .join(members, members.c.group_id == groups.c.id)
+            .where(groups.c.policy_id.is_not(None))
+        ):
+            out.setdefault(int(row[0]), []).append(int(row[1]))
+        return out
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def add_command(
+        self,
+        conn: sa.Connection,
+        *,
+        command_id: bytes,
+        address: bytes,
+        kind: str,
+        sealed: bytes,
+        now: int,
+        actor: str,
+    ) -> None:
+        conn.execute(
+            commands.insert().values(
+                command_id=command_id,
+                address=address,
+                kind=kind,
+                state="queued",
+                signed=sealed,
+                created_at=now,
+                created_by=actor,
+                detail="",
+            )
+        )
+
+    def command_rows(
+        self,
+        conn: sa.Connection,
+        *,
+        address: bytes | None = None,
+        command_id: bytes | None = None,
+        states: Sequence[str] | None = None,
+        limit: int = 1000,
+    ) -> list[sa.Row[Any]]:
+        query = (
+            sa.select(commands, users.c.username)
+            .join(devices, devices.c.address == commands.c.address)
+            .join(users, users.c.id == devices.c.user_id)
+            .order_by(commands.c.created_at, commands.c.command_id)
+            .limit(limit)
+        )
+        if address is not None:
+            query = query.where(commands.c.address == address)
+        if command_id is not None:
+            query = query.where(commands.c.command_id == command_id)
+        if states is not None:
+            query = query.where(commands.c.state.in_(list(states)))
+        return list(conn.execute(query))
+
+    def complete_command(
+        self,
+        conn: sa.Connection,
+        command_id: bytes,
+        address: bytes,
+        state: str,
+        detail: str,
+        now: int,
+    ) -> sa.Row[Any] | None:
+        """Record a device's result for one of its queued commands; the row, or ``None`` when
+        there is no such queued command of that device (results are idempotent)."""
+        row = conn.execute(
+            sa.select(commands).where(
+                commands.c.command_id == command_id,
+                commands.c.address == address,
+                commands.c.state == "queued",
+            )
+        ).first()
+        if row is None:
+            return None
+        conn.execute(
+            commands.update()
+            .where(commands.c.command_id == command_id)
+            .values(state=state, detail=detail[:256], completed_at=now)
+        )
+        return row
+
+    def all_devices(self, conn: sa.Connection, username: str | None = None) -> list[sa.Row[Any]]:
+        query = (
+            sa.select(
+                devices.c.address,
+                devices.c.state,
+                devices.c.activated_at,
+                users.c.username,
+                managed.c.last_seen,
+                managed.c.policy_name,
+                managed.c.policy_version,
+                managed.c.issues,
+            )
+            .join(users, users.c.id == devices.c.user_id)
+            .outerjoin(managed, managed.c.address == devices.c.address)
+            .order_by(users.c.username, devices.c.activated_at)
+        )
+        if username is not None:
+            query = query.where(users.c.username == username)
+        return list(conn.execute(query))
