@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from sealwire.device.store import DeviceStore, MessageRecord, MessageState
-from sealwire.errors import ConfigError, DeviceLocked, StorageError, WrongPasscode
+from sealwire.errors import (
+    ConfigError,
+    DeviceLocked,
+    DeviceWiped,
+    StorageError,
+    WrongPasscode,
+)
 from sealwire.protocol.suite import Argon2Params
 
 # Small Argon2id parameters: these tests are about the store, not the KDF's cost.
@@ -22,8 +28,17 @@ def _session_in_home(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
 
 
-def make(home: Path, passcode: str = "123456-abc") -> DeviceStore:
-    return DeviceStore.create(home, passcode, params=FAST)
+REMOTE = b"R" * 32
+"""The server's remote secret for these stores."""
+
+
+def make(home: Path, passcode: str = "123456-abc", **kwargs: object) -> DeviceStore:
+    return DeviceStore.create(home, passcode, REMOTE, params=FAST, **kwargs)  # type: ignore[arg-type]
+
+
+def unlock(store: DeviceStore, passcode: str, secret: bytes = REMOTE) -> None:
+    store.unlock_boot(passcode)
+    store.unlock_data(secret)
 
 
 def add(store: DeviceStore, text: str = TEXT, message_id: bytes | None = None) -> bool:
@@ -64,8 +79,8 @@ def test_lock_then_unlock_with_the_passcode(tmp_path: Path) -> None:
     reopened = DeviceStore.open(home)
     assert reopened.locked
     with pytest.raises(WrongPasscode):
-        reopened.unlock("123456-abd")
-    reopened.unlock("123456-abc")
+        unlock(reopened, "123456-abd")
+    unlock(reopened, "123456-abc")
     assert [m.text for m in reopened.messages()] == [TEXT]
     # A session survives reopening (the next command), until lock.
     assert not DeviceStore.open(home).locked
@@ -104,7 +119,7 @@ def test_a_tampered_row_is_refused(tmp_path: Path) -> None:
 
 def test_short_passcodes_and_second_devices_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
-        DeviceStore.create(tmp_path / "a", "12345", params=FAST)
+        DeviceStore.create(tmp_path / "a", "12345", REMOTE, params=FAST)
     make(tmp_path / "b")
     with pytest.raises(ConfigError):
         make(tmp_path / "b")
@@ -116,8 +131,8 @@ def test_change_passcode(tmp_path: Path) -> None:
     store.change_passcode("another-passcode")
     store.lock()
     with pytest.raises(WrongPasscode):
-        store.unlock("123456-abc")
-    store.unlock("another-passcode")
+        unlock(store, "123456-abc")
+    unlock(store, "another-passcode")
 
 
 def test_incoming_batches_store_each_message_once(tmp_path: Path) -> None:
@@ -150,3 +165,89 @@ def test_incoming_batches_store_each_message_once(tmp_path: Path) -> None:
     assert store.add_incoming([(record(b, "two"), (env[3], 1, 0), 2)]) == [False]
     assert store.add_incoming([(record(os.urandom(16), "x"), (env[0], 1, 0), 2)]) == [False]
     assert [m.text for m in store.messages()] == ["one", "two"]
+
+
+# --- crypto-backed wipe (issue 5) ------------------------------------------------------------
+
+
+def test_the_passcode_alone_opens_only_the_boot_secrets(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = make(home)
+    add(store)
+    store.put_secret("identity", b"i" * 32)
+    store.lock()
+    store.unlock_boot("123456-abc")
+    assert store.secret("identity") == b"i" * 32  # enough to reach the server
+    with pytest.raises(DeviceLocked):
+        store.messages()
+    with pytest.raises(StorageError, match="remote secret does not open"):
+        store.unlock_data(b"W" * 32)  # the right passcode and a wrong (or deleted) secret
+    assert store.locked
+    store.unlock_data(REMOTE)
+    assert [m.text for m in store.messages()] == [TEXT]
+
+
+def test_wrong_passcodes_up_to_the_limit_erase_the_store(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = make(home, attempt_limit=3)
+    add(store)
+    store.lock()
+    with pytest.raises(WrongPasscode, match="2 attempts left"):
+        store.unlock_boot("wrong-one")
+    store.unlock_boot("123456-abc")  # the right one starts the count again
+    store.lock()
+    for left in ("2 attempts", "1 attempt "):
+        with pytest.raises(WrongPasscode, match=left):
+            store.unlock_boot("wrong-one")
+    with pytest.raises(DeviceWiped):
+        store.unlock_boot("wrong-one")
+    assert sorted(p.name for p in home.iterdir()) == []
+    with pytest.raises(ConfigError, match="no activated device"):
+        DeviceStore.open(home)
+
+
+def test_the_remote_secret_is_cached_only_outside_the_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    store = make(home)
+    store.cache_remote_secret(REMOTE, 10**13)
+    assert store.cached_remote_secret() is None  # no runtime directory: no cache at all
+    assert REMOTE not in b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    monkeypatch.setenv("SEALWIRE_SESSION_DIR", str(runtime))
+    now = [1_700_000_000_000]
+    timed = DeviceStore.open(home, clock=lambda: now[0])
+    timed.cache_remote_secret(REMOTE, now[0] + 60_000)
+    assert timed.cached_remote_secret() == REMOTE
+    now[0] += 60_000
+    assert timed.cached_remote_secret() is None  # the grace has ended: erased
+    assert list(runtime.glob("sealwire-grace-*")) == []
+
+
+def test_an_idle_session_locks_itself(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    now = [1_700_000_000_000]
+    store = make(home, clock=lambda: now[0])
+    store.set_policy_limits(attempt_limit=10, auto_lock_s=60)
+    now[0] += 30_000
+    assert not DeviceStore.open(home, clock=lambda: now[0]).locked
+    store.touch()
+    now[0] += 59_000
+    assert not DeviceStore.open(home, clock=lambda: now[0]).locked
+    now[0] += 2_000
+    assert DeviceStore.open(home, clock=lambda: now[0]).locked
+    assert DeviceStore.open(home, clock=lambda: now[0]).locked  # the session is gone
+
+
+def test_erase_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    monkeypatch.setenv("SEALWIRE_SESSION_DIR", str(runtime))
+    home = tmp_path / "home"
+    store = make(home)
+    add(store)
+    store.cache_remote_secret(REMOTE, 10**13)
+    store.erase()
+    assert list(home.iterdir()) == [] and list(runtime.iterdir()) == []

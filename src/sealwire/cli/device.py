@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from sealwire.errors import ConfigError
+from sealwire.errors import ConfigError, SealwireError
 
 __all__ = ["add_device_parser", "format_message"]
 
@@ -24,7 +24,8 @@ def add_device_parser(sub: Any) -> None:
     """Add ``device`` to the ``sealwire`` parser."""
     device = sub.add_parser(
         "device",
-        help="a person's device: activate, send, inbox, listen, devices, status, lock, unlock",
+        help="a person's device: activate, send, inbox, listen, devices, status, lock, unlock, "
+        "passcode, export",
     )
     device.add_argument(
         "--home",
@@ -54,6 +55,14 @@ def add_device_parser(sub: Any) -> None:
     ops.add_parser("lock", help="lock the store (the passcode is needed to unlock it)")
     unlock = ops.add_parser("unlock", help="unlock the store with the passcode")
     unlock.add_argument("--passcode-stdin", action="store_true", help="read it from stdin")
+    passcode = ops.add_parser("passcode", help="set a new passcode (the device must be unlocked)")
+    passcode.add_argument(
+        "--passcode-stdin", action="store_true", help="read the new passcode from stdin"
+    )
+    export = ops.add_parser(
+        "export", help="write every message as JSON lines (if your organisation allows it)"
+    )
+    export.add_argument("--output", "-o", default="-", help="a file (default: standard output)")
     device.set_defaults(func=_cmd_device)
 
 
@@ -135,6 +144,28 @@ async def _with_device(device: Any, args: argparse.Namespace) -> int:
     if args.op == "unlock":
         await device.unlock(_secret("Passcode: ", from_stdin=args.passcode_stdin))
         print("unlocked")
+        _compliance_hint(device)
+        return 0
+    if args.op == "passcode":
+        new = _secret("New passcode: ", from_stdin=args.passcode_stdin)
+        if not args.passcode_stdin and getpass.getpass("Again: ") != new:
+            raise ConfigError("the two passcodes differ")
+        await device.change_passcode(new)
+        with contextlib.suppress(SealwireError):  # tell the server it complies now
+            async with device.online():
+                pass
+        print("passcode changed")
+        return 0
+    if args.op == "export":
+        records = device.export_messages()
+        lines = "".join(_as_json(record) + "\n" for record in records)
+        if args.output == "-":
+            sys.stdout.write(lines)
+        else:
+            fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(lines)
+            print(f"{len(records)} messages written to {args.output}", file=sys.stderr)
         return 0
     if args.op == "status":
         if device.locked:
@@ -148,6 +179,7 @@ async def _with_device(device: Any, args: argparse.Namespace) -> int:
             f"device       {_short(info.address)}\n"
             f"relay        {info.relay}\n"
             f"certificate  valid until {expires}\n"
+            f"policy       {_policy_line(device)}\n"
             f"state        unlocked"
         )
         return 0
@@ -192,6 +224,30 @@ async def _with_device(device: Any, args: argparse.Namespace) -> int:
         await device.listen(stop)
         return 0
     raise ConfigError(f"unknown device command {args.op}")
+
+
+def _policy_line(device: Any) -> str:
+    policy = device.policy
+    issues = device.compliance()
+    state = (
+        "complies"
+        if not issues
+        else "does not comply: "
+        + ", ".join(issue.name.lower().replace("_", " ") for issue in issues)
+    )
+    return f"{policy.name} v{policy.version} ({state})"
+
+
+def _compliance_hint(device: Any) -> None:
+    if device.compliance():
+        policy = device.policy
+        print(
+            f"your organisation's policy asks for a passcode of at least "
+            f"{policy.passcode_min_length} characters mixing {policy.passcode_classes} of "
+            "lower-case, upper-case, digits and other characters: set one with "
+            f"`sealwire device --home {device.store.home} passcode`",
+            file=sys.stderr,
+        )
 
 
 def _short(address: bytes) -> str:

@@ -27,12 +27,16 @@ from typing import Any, TypeVar
 
 from sealwire._argon2 import in_thread
 from sealwire.errors import (
+    AccessDenied,
     ActivationFailed,
     ConfigError,
     CryptoError,
     DecodeError,
+    DeviceLocked,
+    DeviceWiped,
     InvalidEnvelope,
     SealwireError,
+    StorageError,
     TransportError,
 )
 from sealwire.protocol.activation import (
@@ -43,6 +47,10 @@ from sealwire.protocol.activation import (
     RefusalCode,
     ServerAnswer,
     ServerNotConfirmed,
+    UnlockAnswer,
+    UnlockRequest,
+    decode_message,
+    encode_message,
     normalise_password,
     ticket_from_text,
 )
@@ -80,6 +88,23 @@ from sealwire.protocol.identity import (
     address_of,
     sign_prekey,
 )
+from sealwire.protocol.management import (
+    CommandKind,
+    CommandResult,
+    CommandStatus,
+    ComplianceIssue,
+    DeviceReport,
+    FetchRemoteSecret,
+    ManagementAnswer,
+    RemoteSecretAnswer,
+    SecretStatus,
+    SignedCommand,
+    check_passcode,
+    decode_management_message,
+    encode_management_message,
+    passcode_classes,
+    payload_type_of,
+)
 from sealwire.protocol.messaging import (
     APP_MESSAGE_ID_SIZE,
     MAX_RECEIPT_IDS,
@@ -89,7 +114,7 @@ from sealwire.protocol.messaging import (
 )
 from sealwire.protocol.session import EnvelopeDelivered
 from sealwire.protocol.suite import SigningKey, XWingPrivateKey, XWingPublicKey
-from sealwire.transport import RelayConnection, RequestRefused
+from sealwire.transport import RelayConnection, RequestRefused, SessionEnded
 
 from .store import DeviceStore, MessageRecord, MessageState
 
@@ -105,6 +130,8 @@ _MAINTAIN_WAIT_S = 3.0
 _RECEIPT_DELAY_S = 0.1
 """Delivery receipts wait this long to go out together (one envelope per sending device)."""
 _MAX_CACHE_S = 86400
+_COMMAND_RESULT_WAIT_S = 3.0
+"""How long a wipe or lock waits for its result to reach the relay before it goes ahead."""
 
 
 def _now_ms() -> int:
@@ -210,17 +237,29 @@ class Device:
         self._asking: dict[str, asyncio.Future[dict[str, UserEntry]]] = {}
         self.on_message: Callable[[MessageRecord], None] | None = None
         self._loaded = False
+        self._wiped = False
+        self._ended: asyncio.Event | None = None
+        self._end_reason: SealwireError | None = None
+        """Why the device left its connection on its own (locked or wiped by a command)."""
 
     # --- opening and activation -----------------------------------------------------------
 
     @classmethod
-    def open(cls, home: str | Path, **kwargs: object) -> Device:
-        """Open the device in ``home`` (locked unless a session is open).
+    def open(
+        cls,
+        home: str | Path,
+        *,
+        clock: Callable[[], int] = _now_ms,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> Device:
+        """Open the device in ``home`` (locked unless a session is open and not idle past the
+        policy's auto-lock delay).
 
         Raises:
             ConfigError: no device there.
         """
-        return cls(DeviceStore.open(Path(home)), **kwargs)  # type: ignore[arg-type]
+        store = DeviceStore.open(Path(home), random=random, clock=clock)
+        return cls(store, clock=clock, random=random)
 
     @classmethod
     async def activate(
@@ -289,12 +328,29 @@ class Device:
             verify_prekey(directory.server_prekey, server.body.identity_key, now=now_s)
         except (CryptoError, DecodeError) as exc:
             raise ActivationFailed(f"the server's answer does not check out: {exc}") from None
-        store = await in_thread(DeviceStore.create, home, passcode, random=random)
+        if answer.remote_secret is None:
+            raise ActivationFailed("the server sent no remote secret: it needs an upgrade")
+        store = await in_thread(
+            functools.partial(
+                DeviceStore.create,
+                home,
+                passcode,
+                answer.remote_secret,
+                random=random,
+                clock=clock,
+                attempt_limit=policy.max_failed_attempts,
+            )
+        )
         store.put_secret("identity", identity.seed())
         store.put_secret("chain", _join(answer.certificate_chain))
         store.put_secret("root", answer.organisation_root_key)
         store.put_secret("directory", answer.directory)
         store.put_secret("policy", policy.encode())
+        store.put_secret("passcode", _facts(passcode))
+        store.set_policy_limits(
+            attempt_limit=policy.max_failed_attempts, auto_lock_s=policy.auto_lock_s
+        )
+        store.cache_remote_secret(answer.remote_secret, clock() + policy.offline_grace_s * 1000)
         store.add_prekey(prekey_id, prekey.seed(), created_at=now_s)
         device = cls(store, clock=clock, random=random)
         try:
@@ -346,15 +402,204 @@ class Device:
         return self.store.locked
 
     async def unlock(self, passcode: str) -> None:
-        """Raises: WrongPasscode."""
-        await in_thread(self.store.unlock, passcode)
+        """Unlock with the passcode and the remote secret: from the runtime cache while the
+        policy's offline grace lasts, else from the server (through the relay's activation
+        channel: a locked device cannot read its own queue).
+
+        Raises:
+            WrongPasscode: with the attempts left before the device erases itself.
+            DeviceWiped: that was the last attempt, or the server says this device was wiped
+                or its person deprovisioned: the device has erased itself.
+            TransportError: the server could not be reached and no cached secret is left.
+        """
+        if self._wiped:
+            raise DeviceWiped("this device was wiped: activate it again")
+        await in_thread(self.store.unlock_boot, passcode)
+        try:
+            self._load()
+            secret = self.store.cached_remote_secret()
+            if secret is not None:
+                try:
+                    self.store.unlock_data(secret)
+                except StorageError:  # stale cache: ask the server
+                    self.store.forget_remote_secret()
+                    secret = None
+            if secret is None:
+                secret = await self._fetch_remote_secret()
+                self.store.unlock_data(secret)
+            self.store.put_secret("passcode", _facts(passcode))
+        except DeviceWiped:
+            raise
+        except BaseException:
+            self.lock()
+            raise
+
+    async def _fetch_remote_secret(self) -> bytes:
+        reply = XWingPrivateKey.generate(self._random)
+        reply_id = int.from_bytes(self._random(4), "big")
+        request = FetchRemoteSecret(
+            request_id=self._random(REQUEST_ID_SIZE),
+            reply_prekey_id=reply_id,
+            reply_key=reply.public_key.raw,
+        )
+        envelope = self._seal(
+            self._server_peer, PayloadType.CONTROL, encode_management_message(request)
+        )
+        try:
+            conn = await RelayConnection.open_for_activation(self._directory.relay)
+        except TransportError as exc:
+            raise TransportError(
+                f"cannot unlock: the offline grace has ended and the relay cannot be reached "
+                f"to ask your organisation's server ({exc})"
+            ) from None
+        session = self._random(16)
+        try:
+            await conn.send_activation(
+                session, encode_message(UnlockRequest(envelope=envelope)), self.server_address
+            )
+            answer = await asyncio.wait_for(
+                self._unlock_answer(conn, reply_id, reply, request.request_id), _ANSWER_TIMEOUT_S
+            )
+        except TimeoutError:
+            raise TransportError(
+                "cannot unlock: your organisation's server did not answer (the offline grace "
+                "has ended, so the device needs it once); try again later"
+            ) from None
+        finally:
+            await conn.close()
+        if answer.policy is not None:
+            self._apply_policy(answer.policy.verify(self._server_key))
+        if answer.status is SecretStatus.WIPE or answer.secret is None:
+            self._erase()
+            raise DeviceWiped(
+                "your organisation has wiped this device (or disabled your account): its keys "
+                "and messages are erased"
+            )
+        self.store.cache_remote_secret(
+            answer.secret, self._clock() + self._policy.offline_grace_s * 1000
+        )
+        return answer.secret
+
+    async def _unlock_answer(
+        self, conn: RelayConnection, reply_id: int, reply: XWingPrivateKey, request_id: bytes
+    ) -> RemoteSecretAnswer:
+        while True:
+            getter = asyncio.ensure_future(conn.activations.get())
+            waiters: list[asyncio.Future[Any]] = [getter, conn.ended]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                why = conn.ended.result()
+                raise TransportError(
+                    "cannot unlock: the offline grace has ended and your organisation's server "
+                    f"cannot be reached now ({why.code}); try again later"
+                )
+            try:
+                message = decode_message(getter.result().payload)
+                if not isinstance(message, UnlockAnswer):
+                    continue
+                opened = open_envelope(
+                    message.envelope,
+                    recipient=self.address,
+                    prekeys=lambda pid: reply if pid == reply_id else None,
+                    verifier=self._verifier,
+                    now_ms=self._clock(),
+                )
+                if opened.sender.body.subject != self.server_address:
+                    continue
+                answer = decode_management_message(opened.payload_type, opened.body)
+            except (DecodeError, InvalidEnvelope):
+                continue
+            if isinstance(answer, RemoteSecretAnswer) and answer.request_id == request_id:
+                return answer
 
     def lock(self) -> None:
         self.store.lock()
         self._loaded = False
 
+    def _erase(self) -> None:
+        self.store.erase()
+        self._loaded = False
+        self._wiped = True
+
     def close(self) -> None:
         self.store.close()
+
+    # --- policy -------------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> Policy:
+        self._load()
+        return self._policy
+
+    def compliance(self) -> tuple[ComplianceIssue, ...]:
+        """What keeps this device from complying with its policy (empty: it complies)."""
+        self._load()
+        raw = self.store.secret("passcode")
+        if raw is None:
+            return (ComplianceIssue.PASSCODE_NOT_CHECKED,)
+        facts = _PasscodeFacts.decode(raw, max_size=64)
+        issues = []
+        if facts.length < self._policy.passcode_min_length:
+            issues.append(ComplianceIssue.PASSCODE_TOO_SHORT)
+        if facts.classes < self._policy.passcode_classes:
+            issues.append(ComplianceIssue.PASSCODE_TOO_SIMPLE)
+        return tuple(issues)
+
+    def _apply_policy(self, policy: Policy) -> bool:
+        """Apply a policy the server signed; ``False`` if it is older than the one we have."""
+        if policy.issued_at < self._policy.issued_at:
+            return False
+        self.store.put_secret("policy", policy.encode())
+        self._policy = policy
+        self.store.set_policy_limits(
+            attempt_limit=policy.max_failed_attempts, auto_lock_s=policy.auto_lock_s
+        )
+        if policy.offline_grace_s == 0:
+            self.store.forget_remote_secret()
+        if not self.store.locked:
+            self._apply_retention()
+        log.info("policy applied", extra={"policy": policy.name, "version": policy.version})
+        return True
+
+    def _apply_retention(self) -> None:
+        if self._policy.retention_days:
+            cutoff = self._clock() - self._policy.retention_days * 86400 * 1000
+            deleted = self.store.delete_messages_before(cutoff)
+            if deleted:
+                log.info("retention: old messages deleted", extra={"count": deleted})
+
+    async def change_passcode(self, new_passcode: str) -> None:
+        """Set a new passcode (the device must be unlocked); it must meet the policy.
+
+        Raises:
+            ConfigError: the new passcode does not meet the policy.
+        """
+        self._load()
+        if self.store.locked:
+            raise DeviceLocked("unlock the device first")
+        if check_passcode(new_passcode, self._policy):
+            raise ConfigError(
+                f"your organisation's policy asks for at least "
+                f"{self._policy.passcode_min_length} characters mixing "
+                f"{self._policy.passcode_classes} of lower-case, upper-case, digits, other"
+            )
+        await in_thread(self.store.change_passcode, new_passcode)
+        self.store.put_secret("passcode", _facts(new_passcode))
+        if self._conn is not None:
+            await self._report()
+
+    def export_messages(self) -> list[MessageRecord]:
+        """Every message on the device, for export (if the policy allows it).
+
+        Raises:
+            AccessDenied: the organisation's policy does not allow exporting.
+        """
+        self._load()
+        if not self._policy.export_allowed:
+            raise AccessDenied("your organisation's policy does not allow exporting messages")
+        self.store.touch()
+        return self.store.messages()
 
     def info(self) -> DeviceInfo:
         self._load()
@@ -381,24 +626,45 @@ class Device:
             DeviceLocked: the store is locked.
         """
         self._load()
-        conn = await RelayConnection.open(
-            self._directory.relay, identity=self._identity, chain=self._chain
-        )
+        self.store.touch()
+        if self.store.locked:
+            raise DeviceLocked(
+                f"the device in {self.store.home} is locked: run `sealwire device --home "
+                f"{self.store.home} unlock`"
+            )
+        try:
+            conn = await RelayConnection.open(
+                self._directory.relay, identity=self._identity, chain=self._chain
+            )
+        except SessionEnded as exc:
+            if exc.code == "revoked":
+                raise self._revoked() from None
+            raise
         self._conn = conn
+        self._ended = asyncio.Event()
+        self._end_reason = None
         self._inbound = asyncio.Queue()
         self._tasks = [
             asyncio.create_task(self._dispatch(conn)),
             asyncio.create_task(self._process_inbound()),
         ]
         try:
-            await self._flush_outbox()
-            await self._maintain()
-            self._announce(self.store.messages(verified=False))  # left unchecked last time
-            yield self
-            if self._receipts_due:
-                self._send_receipts()
-            if self._background:  # receipts on their way: let them reach the relay
-                await asyncio.wait(self._background, timeout=5)
+            try:
+                await self._flush_outbox()
+                await self._maintain()
+                if self._end_reason is None:
+                    self._announce(self.store.messages(verified=False))  # unchecked last time
+                    yield self
+                if self._receipts_due and self._end_reason is None:
+                    self._send_receipts()
+                if self._background:  # receipts on their way: let them reach the relay
+                    await asyncio.wait(self._background, timeout=5)
+            except SealwireError:
+                if self._end_reason is not None:  # locked or wiped under our feet
+                    raise self._end_reason from None
+                raise
+            if self._end_reason is not None:
+                raise self._end_reason
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -412,6 +678,23 @@ class Device:
             self._pending.clear()
             self._conn = None
             await conn.close()
+
+    def _revoked(self) -> TransportError:
+        """The relay refuses this device for its organisation (deprovisioned or wiped): lock
+        and drop the cached remote secret. Nothing is erased on the relay's word alone (a
+        relay may lie); without the server's secret the store stays closed."""
+        self.store.forget_remote_secret()
+        self.lock()
+        return TransportError(
+            "this device has been disabled by your organisation (the relay refuses it); it is "
+            "locked and cannot be unlocked without your organisation's server"
+        )
+
+    def _end(self, reason: SealwireError) -> None:
+        """Leave the connection on our own (a lock or wipe command)."""
+        self._end_reason = reason
+        if self._ended is not None:
+            self._ended.set()
 
     def _connection(self) -> RelayConnection:
         if self._conn is None or self._conn.closed:
@@ -463,11 +746,21 @@ class Device:
         return key
 
     def _handle_server(self, opened: OpenedEnvelope) -> None:
-        if opened.payload_type is not PayloadType.DIRECTORY:
-            return
         try:
-            message = decode_directory_message(opened.body)
+            if opened.payload_type is PayloadType.DIRECTORY:
+                message = decode_directory_message(opened.body)
+            elif opened.payload_type in _MANAGEMENT_TYPES:
+                message = decode_management_message(opened.payload_type, opened.body)
+            else:
+                return
         except DecodeError:
+            log.info("dropped a malformed message from the server")
+            return
+        if isinstance(message, SignedPolicy):
+            self._spawn(self._policy_pushed(message))
+            return
+        if isinstance(message, SignedCommand):
+            self._spawn(self._run_commands([message]))
             return
         request_id = getattr(message, "request_id", None)
         if isinstance(message, SignedDirectoryAnswer):
@@ -480,12 +773,12 @@ class Device:
         request_id = getattr(message, "request_id")  # noqa: B009
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        envelope = self._seal(
-            self._server_peer,
-            PayloadType.DIRECTORY,
-            encode_directory_message(message),  # type: ignore[arg-type]
-        )
-        await self._send_envelope(envelope)
+        if isinstance(message, DeviceReport):
+            payload_type, body = payload_type_of(message), encode_management_message(message)
+        else:
+            payload_type = PayloadType.DIRECTORY
+            body = encode_directory_message(message)  # type: ignore[arg-type]
+        await self._send_envelope(self._seal(self._server_peer, payload_type, body))
         try:
             return await asyncio.wait_for(future, _ANSWER_TIMEOUT_S)
         except TimeoutError:
@@ -526,6 +819,16 @@ class Device:
             own.add_done_callback(_consume)
         except SealwireError as exc:
             log.info("own devices not refreshed", extra={"reason": str(exc)})
+        self._apply_retention()
+        report = asyncio.ensure_future(self._report())
+        try:  # policy and commands: the answer is usually here long before this wait ends
+            await asyncio.wait_for(asyncio.shield(report), _MAINTAIN_WAIT_S)
+        except TimeoutError:
+            report.add_done_callback(_consume)
+        except SealwireError as exc:
+            log.info("report not answered", extra={"reason": str(exc)})
+        if self._end_reason is not None:
+            return
         now_s = self._clock() // 1000
         self.store.delete_retired_prekeys(now_s)
         self._prekeys.clear()
@@ -538,6 +841,103 @@ class Device:
                 await self.renew_certificate()
         except TransportError as exc:  # the server is away: next connection
             log.warning("key maintenance postponed", extra={"reason": str(exc)})
+
+    # --- management: policy, compliance, commands -------------------------------------------
+
+    async def _report(self) -> None:
+        """Tell the server which policy we apply and whether we comply; apply the policy and
+        carry out the commands its answer holds (then report again if the policy changed)."""
+        for _ in range(2):
+            answer = await self._ask_server(
+                DeviceReport(
+                    request_id=self._random(REQUEST_ID_SIZE),
+                    policy_name=self._policy.name,
+                    policy_version=self._policy.version,
+                    policy_issued_at=self._policy.issued_at,
+                    issues=self.compliance(),
+                )
+            )
+            if not isinstance(answer, ManagementAnswer):
+                raise TransportError("the server sent an unexpected answer")
+            if answer.commands:
+                await self._run_commands(list(answer.commands))
+            if answer.policy is None or self._end_reason is not None:
+                return
+            try:
+                if not self._apply_policy(answer.policy.verify(self._server_key)):
+                    return
+            except CryptoError:
+                log.warning("a policy not signed by our server was ignored")
+                return
+
+    async def _policy_pushed(self, signed: SignedPolicy) -> None:
+        try:
+            policy = signed.verify(self._server_key)
+        except CryptoError:
+            log.warning("a policy not signed by our server was ignored")
+            return
+        if self._apply_policy(policy):
+            try:
+                await self._report()
+            except SealwireError as exc:
+                log.info("policy applied; report postponed", extra={"reason": str(exc)})
+
+    async def _run_commands(self, commands: list[SignedCommand]) -> None:
+        for signed in commands:
+            if self._end_reason is not None:
+                return
+            try:
+                command = signed.verify(self._server_key, self.address)
+            except CryptoError:
+                log.warning("a command not signed by our server for this device was ignored")
+                continue
+            try:
+                await self._run_command(command)
+            except SealwireError as exc:
+                log.warning("command failed", extra={"kind": command.kind.name})
+                await self._command_result(command.command_id, CommandStatus.FAILED, str(exc))
+
+    async def _run_command(self, command: Any) -> None:
+        """Carry out one command (idempotent: a command done before is only acknowledged)."""
+        log.info("command received", extra={"kind": command.kind.name})
+        if command.kind is CommandKind.WIPE:
+            # Acknowledge first (best effort, briefly), then erase: afterwards nothing can.
+            with contextlib.suppress(SealwireError, TimeoutError):
+                await asyncio.wait_for(
+                    self._command_result(command.command_id, CommandStatus.DONE, "wiped"),
+                    _COMMAND_RESULT_WAIT_S,
+                )
+            self._erase()
+            self._end(DeviceWiped("your organisation has wiped this device"))
+            return
+        if self.store.command_done(command.command_id):
+            await self._command_result(command.command_id, CommandStatus.DONE, "done before")
+            return
+        if command.kind is CommandKind.LOCK:
+            if command.new_passcode is not None:
+                await in_thread(self.store.change_passcode, command.new_passcode)
+                self.store.put_secret("passcode", _facts(command.new_passcode))
+            self.store.mark_command_done(command.command_id, self._clock())
+            with contextlib.suppress(SealwireError, TimeoutError):
+                await asyncio.wait_for(
+                    self._command_result(command.command_id, CommandStatus.DONE, "locked"),
+                    _COMMAND_RESULT_WAIT_S,
+                )
+            self.lock()
+            self._end(DeviceLocked("your organisation has locked this device"))
+            return
+        if command.kind is CommandKind.RENEW_KEYS:
+            await self.rotate_prekey()
+            await self.renew_certificate()
+            self.store.mark_command_done(command.command_id, self._clock())
+            await self._command_result(command.command_id, CommandStatus.DONE, "keys renewed")
+
+    async def _command_result(self, command_id: bytes, status: CommandStatus, detail: str) -> None:
+        result = CommandResult(command_id=command_id, status=status, detail=detail[:200])
+        envelope = self._seal(
+            self._server_peer, payload_type_of(result), encode_management_message(result)
+        )
+        await self._send_envelope(envelope)
 
     async def rotate_prekey(self) -> None:
         """Make a new prekey, publish it through the server, and schedule the old private
@@ -1030,16 +1430,39 @@ class Device:
         """Stay connected until ``stop`` is set; new messages go to :attr:`on_message`."""
         async with self.online():
             conn = self._connection()
+            assert self._ended is not None
+            stopped = asyncio.ensure_future(stop.wait())
+            ended = asyncio.ensure_future(self._ended.wait())
+            idle = asyncio.ensure_future(self._auto_lock())
             waiters: list[asyncio.Future[object]] = [
-                asyncio.ensure_future(stop.wait()),
+                stopped,  # type: ignore[list-item]
+                ended,  # type: ignore[list-item]
+                idle,  # type: ignore[list-item]
                 conn.ended,  # type: ignore[list-item]
                 *self._tasks,  # type: ignore[list-item]
             ]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            waiters[0].cancel()
+            for waiter in (stopped, ended, idle):
+                waiter.cancel()
+            if self._end_reason is not None:
+                raise self._end_reason
             if conn.ended.done() and not stop.is_set():
                 why = conn.ended.result()
+                if why.code == "revoked":
+                    raise self._revoked()
                 raise TransportError(f"the relay ended the session ({why.code})")
+
+    async def _auto_lock(self) -> None:
+        """Lock once the person has been idle for the policy's auto-lock delay."""
+        while True:
+            limit_ms = self._policy.auto_lock_s * 1000
+            if limit_ms and self.store.idle_ms() >= limit_ms:
+                self.lock()
+                self._end(DeviceLocked("locked after the idle time your organisation allows"))
+                return
+            await asyncio.sleep(
+                1.0 if not limit_ms else max(0.2, (limit_ms - self.store.idle_ms()) / 1000)
+            )
 
 
 async def _run_activation(
@@ -1092,6 +1515,9 @@ async def _run_activation(
         await conn.close()
 
 
+_MANAGEMENT_TYPES = (PayloadType.POLICY, PayloadType.COMMAND, PayloadType.CONTROL)
+
+
 def _consume(future: asyncio.Future[Any]) -> None:
     """Retrieve a background future's exception so that asyncio does not report it."""
     if not future.cancelled():
@@ -1112,6 +1538,18 @@ def _refusal_message(code: RefusalCode) -> str:
     if code is RefusalCode.NOT_PERMITTED:
         return "the server refused to activate this device (ask your administrator)"
     return "the activation failed: the server saw a malformed exchange"
+
+
+@dataclass(frozen=True)
+class _PasscodeFacts(Struct):
+    """What the policy checks of the passcode, kept under the boot key (never the passcode)."""
+
+    length: int = wire(0, min_value=0, max_value=1024)
+    classes: int = wire(1, min_value=0, max_value=4)
+
+
+def _facts(passcode: str) -> bytes:
+    return _PasscodeFacts(length=len(passcode), classes=passcode_classes(passcode)).encode()
 
 
 @dataclass(frozen=True)

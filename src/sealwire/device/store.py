@@ -2,25 +2,43 @@
 
 Files in the device's home directory:
 
-``device.key``
-    The **data key** (32 random bytes) wrapped by the **passcode key**:
-    ``Argon2id(passcode)`` with parameters stored beside it (``{0: version, 1: Argon2Params,
-    2: seal_at_rest(passcode key, data key)}``, CBOR).
-``device.db``
-    SQLite (through :class:`~sealwire.storage.Database`). Every secret (identity and prekey
-    seeds, certificate chain, the organisation's data) and every message body, peer name and
-    directory entry is sealed under the data key with
-    :func:`~sealwire.protocol.suite.seal_at_rest`, bound to its row (``context``), so rows
-    cannot be swapped. In clear: row numbers, random message ids, times, delivery states,
-    envelope ids already seen (replay protection) and sealed envelopes waiting to be sent.
-``session.key``
-    Present only while the device is unlocked: the data key, so that the person's commands
-    work without the passcode each time. ``lock`` erases it. Put it in a tmpfs
-    (``SEALWIRE_SESSION_DIR``, default ``$XDG_RUNTIME_DIR``) so it never reaches a disk; a
-    copy of the home taken while the device is locked holds nothing readable without the
-    passcode (THREAT-MODEL.md).
+Two keys, so that a wipe is backed by cryptography (DESIGN §8, docs/protocol/MANAGEMENT.md):
 
-Unlocking costs one Argon2id derivation (64 MiB, 3 passes).
+- the **boot key** opens only what the device needs to reach its server: its identity key,
+  certificate chain, the organisation's root key and data, and its policy;
+- the **data key** opens everything else: messages, prekeys, the directory cache. It is
+  wrapped under ``HKDF(boot key ‖ remote secret)``, and the *remote secret* is held by the
+  server, fetched on unlock and deleted by the server on wipe or deprovisioning.
+
+Files in the device's home directory:
+
+``device.key``
+    ``{0: version, 1: Argon2Params, 2: boot key sealed under Argon2id(passcode), 3: data key
+    sealed under HKDF(boot key ‖ remote secret)}`` (CBOR).
+``device.db``
+    SQLite (through :class:`~sealwire.storage.Database`). Every secret and every message body,
+    peer name and directory entry is sealed with :func:`~sealwire.protocol.suite.seal_at_rest`
+    (boot secrets under the boot key, the rest under the data key), bound to its row
+    (``context``), so rows cannot be swapped. In clear: row numbers, random message ids, times,
+    delivery states, envelope ids already seen (replay protection), ids of commands carried
+    out, and sealed envelopes waiting to be sent.
+``attempts``
+    Wrong passcodes in a row and the policy's limit; at the limit the device erases itself.
+
+In the runtime directory (``SEALWIRE_SESSION_DIR``, else ``$XDG_RUNTIME_DIR``: a tmpfs that
+never reaches a disk and is not part of a copy of the home):
+
+``sealwire-session-*.key``
+    While unlocked: both keys, the time of the last use and the auto-lock delay, so that the
+    person's commands work without the passcode each time. ``lock`` erases it. Without a
+    runtime directory it lives in the home as ``session.key``.
+``sealwire-grace-*.key``
+    The remote secret and the end of the offline grace: unlocking needs no server until then.
+    Never written to the home: a copy of the home can only be unlocked through the server,
+    which refuses once the device was wiped.
+
+Unlocking costs one Argon2id derivation (64 MiB, 3 passes) and, past the grace, one round
+trip to the server.
 """
 
 from __future__ import annotations
@@ -30,6 +48,7 @@ import enum
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +62,7 @@ from sealwire.errors import (
     CryptoError,
     DecodeError,
     DeviceLocked,
+    DeviceWiped,
     StorageError,
     WrongPasscode,
 )
@@ -50,12 +70,14 @@ from sealwire.protocol.codec import Struct, wire
 from sealwire.protocol.suite import (
     Argon2Params,
     derive_passcode_key,
+    hkdf,
     open_at_rest,
     seal_at_rest,
 )
 from sealwire.storage import Database, Migration
 
 __all__ = [
+    "BOOT_SECRETS",
     "MIN_PASSCODE",
     "DeviceStore",
     "MessageRecord",
@@ -64,8 +86,13 @@ __all__ = [
 
 MIN_PASSCODE = 6
 """Shortest passcode accepted (IT policy may ask for more)."""
-_FORMAT = 1
+_FORMAT = 2
+_MAX_MS = (1 << 53) - 1
+_BOOT_PURPOSE = "device/boot-key"
 _KEY_PURPOSE = "device/data-key"
+_STORAGE_PURPOSE = "device/storage-key"
+BOOT_SECRETS = frozenset({"identity", "chain", "root", "directory", "policy", "passcode"})
+"""Secrets under the boot key: what reaching the server needs (and the policy)."""
 _ROW_PURPOSE = "device/store"
 _MAX_KEY_FILE = 1024
 
@@ -110,6 +137,12 @@ outbox = sa.Table(
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("envelope", sa.LargeBinary, nullable=False),
 )
+done_commands = sa.Table(
+    "done_commands",
+    metadata,
+    sa.Column("command_id", sa.LargeBinary, primary_key=True),
+    sa.Column("done_at", sa.BigInteger, nullable=False),
+)
 prekeys = sa.Table(
     "prekeys",
     metadata,
@@ -121,10 +154,17 @@ prekeys = sa.Table(
 
 
 def _create_v1(conn: sa.Connection) -> None:
-    metadata.create_all(conn)
+    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t is not done_commands])
 
 
-MIGRATIONS = (Migration(1, "secrets, messages, seen, directory, outbox, prekeys", _create_v1),)
+def _create_v2(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[done_commands])
+
+
+MIGRATIONS = (
+    Migration(1, "secrets, messages, seen, directory, outbox, prekeys", _create_v1),
+    Migration(2, "commands carried out", _create_v2),
+)
 
 
 class MessageState(enum.IntEnum):
@@ -185,9 +225,38 @@ class MessageRecord:
 
 @dataclass(frozen=True)
 class _KeyFile(Struct):
-    version: int = wire(0, min_value=_FORMAT, max_value=_FORMAT)
+    version: int = wire(0, min_value=1, max_value=_FORMAT)
     params: Argon2Params = wire(1)
-    wrapped: bytes = wire(2, max_size=256)
+    boot: bytes = wire(2, max_size=256)
+    """The boot key sealed under the passcode key."""
+    data: bytes | None = wire(3, max_size=256, default=None)
+    """The data key sealed under the storage key (absent only in version 1 files)."""
+
+
+@dataclass(frozen=True)
+class _Session(Struct):
+    boot_key: bytes = wire(0, size=32)
+    data_key: bytes = wire(1, size=32)
+    last_active: int = wire(2, min_value=0, max_value=_MAX_MS)
+    """Unix ms of the person's last action."""
+    auto_lock_s: int = wire(3, min_value=0, max_value=86400)
+
+
+@dataclass(frozen=True)
+class _Grace(Struct):
+    secret: bytes = wire(0, size=32)
+    until: int = wire(1, min_value=0, max_value=_MAX_MS)
+    """Unix ms."""
+
+
+@dataclass(frozen=True)
+class _Attempts(Struct):
+    failed: int = wire(0, min_value=0, max_value=1000)
+    limit: int = wire(1, min_value=1, max_value=1000)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _session_paths(home: Path) -> list[Path]:
@@ -207,6 +276,26 @@ def _session_path(home: Path) -> Path:
     return _session_paths(home)[0]
 
 
+def _grace_path(home: Path) -> Path | None:
+    """Where the remote secret may be cached: the runtime directory only (never the home)."""
+    path = _session_paths(home)[0]
+    if path.parent == home:
+        return None
+    return path.with_name(path.name.replace("sealwire-session-", "sealwire-grace-"))
+
+
+def _erase_file(path: Path) -> None:
+    """Overwrite a small file with zeros, then delete it."""
+    with contextlib.suppress(OSError):
+        size = path.stat().st_size
+        with open(path, "r+b") as handle:
+            handle.write(bytes(size))
+            handle.flush()
+            os.fsync(handle.fileno())
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
 def _write_private(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -218,13 +307,28 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 class DeviceStore:
-    """The encrypted store in one device home. Make it with :meth:`create` or :meth:`open`."""
+    """The encrypted store in one device home. Make it with :meth:`create` or :meth:`open`.
 
-    def __init__(self, home: Path, database: Database, *, random: Callable[[int], bytes]) -> None:
+    Unlocking takes two steps: :meth:`unlock_boot` with the passcode, then :meth:`unlock_data`
+    with the remote secret (from :meth:`cached_remote_secret` or the server).
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        database: Database,
+        *,
+        random: Callable[[int], bytes],
+        clock: Callable[[], int],
+    ) -> None:
         self.home = home
         self.db = database
         self._random = random
+        self._clock = clock
+        self._boot: bytes | None = None
         self._key: bytes | None = None
+        self._auto_lock_s = 0
+        self._last_active = 0
         self._local = threading.local()
         """Per thread: the connection of an open :meth:`batch` (the device commits in a
         worker thread while the event loop reads)."""
@@ -241,9 +345,12 @@ class DeviceStore:
         cls,
         home: Path,
         passcode: str,
+        remote_secret: bytes,
         *,
         random: Callable[[int], bytes] = os.urandom,
+        clock: Callable[[], int] = _now_ms,
         params: Argon2Params | None = None,
+        attempt_limit: int = 10,
     ) -> DeviceStore:
         """Make a new, unlocked store in ``home`` (which must not hold one).
 
@@ -255,17 +362,37 @@ class DeviceStore:
         if cls.exists(home):
             raise ConfigError(f"{home} holds an activated device already")
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data_key = random(32)
+        boot_key, data_key = random(32), random(32)
         params = params or Argon2Params.default(random)
-        _write_private(home / "device.key", _wrap(data_key, passcode, params, random))
-        store = cls(home, _open_db(home), random=random)
-        store._key = data_key
-        _write_private(_session_path(home), data_key)
+        key_file = _KeyFile(
+            version=_FORMAT,
+            params=params,
+            boot=_wrap_boot(boot_key, passcode, params, random),
+            data=seal_at_rest(
+                _storage_key(boot_key, remote_secret),
+                data_key,
+                purpose=_KEY_PURPOSE,
+                context=b"data-key",
+                random=random,
+            ),
+        )
+        _write_private(home / "device.key", key_file.encode())
+        _write_private(home / "attempts", _Attempts(failed=0, limit=attempt_limit).encode())
+        store = cls(home, _open_db(home), random=random, clock=clock)
+        store._boot, store._key = boot_key, data_key
+        store._write_session()
         return store
 
     @classmethod
-    def open(cls, home: Path, *, random: Callable[[int], bytes] = os.urandom) -> DeviceStore:
-        """Open the store in ``home``; it is unlocked if a session is open.
+    def open(
+        cls,
+        home: Path,
+        *,
+        random: Callable[[int], bytes] = os.urandom,
+        clock: Callable[[], int] = _now_ms,
+    ) -> DeviceStore:
+        """Open the store in ``home``; it is unlocked if a session is open and has not been
+        idle longer than the policy's auto-lock delay.
 
         Raises:
             ConfigError: no device in ``home``.
@@ -274,58 +401,216 @@ class DeviceStore:
             raise ConfigError(
                 f"no activated device in {home}: run `sealwire device --home {home} activate`"
             )
-        store = cls(home, _open_db(home), random=random)
+        store = cls(home, _open_db(home), random=random, clock=clock)
         for path in _session_paths(home):
-            with contextlib.suppress(OSError):
-                key = path.read_bytes()
-                if len(key) == 32:
-                    store._key = key
-                    break
+            try:
+                session = _Session.decode(path.read_bytes(), max_size=256)
+            except (OSError, DecodeError):
+                continue
+            idle_ms = clock() - session.last_active
+            if session.auto_lock_s and idle_ms > session.auto_lock_s * 1000:
+                store.lock()  # auto-lock: idle too long
+                break
+            store._boot, store._key = session.boot_key, session.data_key
+            store._auto_lock_s, store._last_active = session.auto_lock_s, session.last_active
+            break
         return store
 
     def close(self) -> None:
         self._key = None
+        self._boot = None
         self.db.close()
 
     @property
     def locked(self) -> bool:
         return self._key is None
 
-    def unlock(self, passcode: str) -> None:
-        """Derive the passcode key and unwrap the data key; open a session.
+    @property
+    def boot_unlocked(self) -> bool:
+        """The passcode was given: the device can reach its server (to fetch the secret)."""
+        return self._boot is not None
+
+    def unlock_boot(self, passcode: str) -> None:
+        """Check the passcode and open the boot key (one Argon2id derivation).
 
         Raises:
-            WrongPasscode: the passcode does not open the store.
+            WrongPasscode: with the attempts left.
+            DeviceWiped: that was the last attempt the policy allows: the device erased itself.
         """
+        if not self.exists(self.home):
+            raise ConfigError(f"no activated device in {self.home} (was it wiped?)")
         key_file = _read_key_file(self.home)
-        passcode_key = derive_passcode_key(passcode, key_file.params, purpose=_KEY_PURPOSE)
+        if key_file.version < _FORMAT or key_file.data is None:
+            raise ConfigError(
+                f"the device in {self.home} was activated by an older Sealwire without "
+                "crypto-backed wipe: activate it again (ask your administrator for a ticket)"
+            )
+        passcode_key = derive_passcode_key(passcode, key_file.params, purpose=_BOOT_PURPOSE)
         try:
-            data_key = open_at_rest(
-                passcode_key, key_file.wrapped, purpose=_KEY_PURPOSE, context=b"data-key"
+            boot_key = open_at_rest(
+                passcode_key, key_file.boot, purpose=_BOOT_PURPOSE, context=b"boot-key"
             )
         except CryptoError:
-            raise WrongPasscode("wrong passcode") from None
+            left = self._count_failed_attempt()
+            raise WrongPasscode(
+                f"wrong passcode ({left} attempt{'s' if left != 1 else ''} left before this "
+                "device erases itself)"
+            ) from None
+        attempts = self._attempts()
+        if attempts.failed:
+            _write_private(self.home / "attempts", _Attempts(0, attempts.limit).encode())
+        self._boot = boot_key
+
+    def unlock_data(self, remote_secret: bytes) -> None:
+        """Open the data key with the remote secret and start a session.
+
+        Raises:
+            StorageError: the secret does not open the store.
+        """
+        if self._boot is None:
+            raise DeviceLocked("give the passcode first")
+        key_file = _read_key_file(self.home)
+        assert key_file.data is not None
+        try:
+            data_key = open_at_rest(
+                _storage_key(self._boot, remote_secret),
+                key_file.data,
+                purpose=_KEY_PURPOSE,
+                context=b"data-key",
+            )
+        except CryptoError:
+            raise StorageError(
+                "the server's remote secret does not open this device's store"
+            ) from None
         self._key = data_key
-        _write_private(_session_path(self.home), data_key)
+        self._last_active = self._clock()
+        self._write_session()
+
+    def _count_failed_attempt(self) -> int:
+        attempts = self._attempts()
+        failed = attempts.failed + 1
+        if failed >= attempts.limit:
+            self.erase()
+            raise DeviceWiped(
+                f"{failed} wrong passcodes in a row: as your organisation's policy requires, "
+                "this device has erased its keys and messages. Ask your administrator for a "
+                "new activation"
+            )
+        _write_private(self.home / "attempts", _Attempts(failed, attempts.limit).encode())
+        return attempts.limit - failed
+
+    def _attempts(self) -> _Attempts:
+        try:
+            return _Attempts.decode((self.home / "attempts").read_bytes(), max_size=64)
+        except (OSError, DecodeError):
+            return _Attempts(failed=0, limit=10)
+
+    def set_policy_limits(self, *, attempt_limit: int, auto_lock_s: int) -> None:
+        """Apply the policy's wrong-passcode limit and auto-lock delay."""
+        attempts = self._attempts()
+        if attempts.limit != attempt_limit:
+            _write_private(
+                self.home / "attempts", _Attempts(attempts.failed, attempt_limit).encode()
+            )
+        if self._auto_lock_s != auto_lock_s:
+            self._auto_lock_s = auto_lock_s
+            if self._key is not None:
+                self._write_session()
+
+    def touch(self) -> None:
+        """The person did something: the auto-lock delay starts again."""
+        now = self._clock()
+        if self._key is not None and now - self._last_active > 5_000:
+            self._last_active = now
+            self._write_session()
+
+    def idle_ms(self) -> int:
+        """Milliseconds since the person's last action (for the auto-lock timer)."""
+        return self._clock() - self._last_active
+
+    @property
+    def auto_lock_s(self) -> int:
+        return self._auto_lock_s
+
+    def _write_session(self) -> None:
+        assert self._boot is not None and self._key is not None
+        session = _Session(
+            boot_key=self._boot,
+            data_key=self._key,
+            last_active=self._last_active or self._clock(),
+            auto_lock_s=self._auto_lock_s,
+        )
+        _write_private(_session_path(self.home), session.encode())
+
+    # --- the remote secret's offline cache ------------------------------------------------
+
+    def cache_remote_secret(self, secret: bytes, until: int) -> None:
+        """Keep the remote secret until ``until`` (Unix ms) in the runtime directory, if
+        there is one (never in the home)."""
+        path = _grace_path(self.home)
+        if path is None or until <= self._clock():
+            self.forget_remote_secret()
+            return
+        _write_private(path, _Grace(secret=secret, until=until).encode())
+
+    def cached_remote_secret(self) -> bytes | None:
+        """The cached remote secret, unless its grace has ended (then it is erased)."""
+        path = _grace_path(self.home)
+        if path is None:
+            return None
+        try:
+            grace = _Grace.decode(path.read_bytes(), max_size=128)
+        except (OSError, DecodeError):
+            return None
+        if grace.until <= self._clock():
+            _erase_file(path)
+            return None
+        return grace.secret
+
+    def forget_remote_secret(self) -> None:
+        path = _grace_path(self.home)
+        if path is not None:
+            _erase_file(path)
+
+    # --- locking, passcode, erasing -------------------------------------------------------
 
     def lock(self) -> None:
-        """Forget the data key and end the session (the session file is overwritten first)."""
+        """Forget both keys and end the session (the session file is overwritten first)."""
         self._key = None
+        self._boot = None
         for path in _session_paths(self.home):  # wherever an earlier unlock put it
-            with contextlib.suppress(OSError):
-                with open(path, "r+b") as handle:
-                    handle.write(bytes(32))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                path.unlink()
+            _erase_file(path)
 
     def change_passcode(self, new_passcode: str) -> None:
-        """Re-wrap the data key under a new passcode (the store must be unlocked)."""
+        """Re-wrap the boot key under a new passcode (the store must be unlocked)."""
         if len(new_passcode) < MIN_PASSCODE:
             raise ConfigError(f"a passcode has at least {MIN_PASSCODE} characters")
-        key = self._require_key()
+        if self._boot is None:
+            raise DeviceLocked("unlock the device first")
+        key_file = _read_key_file(self.home)
         params = Argon2Params.default(self._random)
-        _write_private(self.home / "device.key", _wrap(key, new_passcode, params, self._random))
+        renewed = _KeyFile(
+            version=_FORMAT,
+            params=params,
+            boot=_wrap_boot(self._boot, new_passcode, params, self._random),
+            data=key_file.data,
+        )
+        _write_private(self.home / "device.key", renewed.encode())
+
+    def erase(self) -> None:
+        """Wipe: erase the key file first (without it nothing else opens), then the
+        database, the session and the cached remote secret. The home stays, empty."""
+        self._key = None
+        self._boot = None
+        _erase_file(self.home / "device.key")
+        self.forget_remote_secret()
+        for path in _session_paths(self.home):
+            _erase_file(path)
+        with contextlib.suppress(Exception):
+            self.db.close()
+        for name in ("device.db", "device.db-wal", "device.db-shm", "attempts"):
+            with contextlib.suppress(OSError):
+                (self.home / name).unlink()
 
     def _require_key(self) -> bytes:
         if self._key is None:
@@ -335,18 +620,30 @@ class DeviceStore:
             )
         return self._key
 
-    def _seal(self, plaintext: bytes, context: bytes) -> bytes:
+    def _key_for(self, name: str) -> bytes:
+        if name in BOOT_SECRETS:
+            if self._boot is None:
+                raise DeviceLocked(
+                    f"the device in {self.home} is locked: run `sealwire device --home "
+                    f"{self.home} unlock`"
+                )
+            return self._boot
+        return self._require_key()
+
+    def _seal(self, plaintext: bytes, context: bytes, key: bytes | None = None) -> bytes:
         return seal_at_rest(
-            self._require_key(),
+            key or self._require_key(),
             plaintext,
             purpose=_ROW_PURPOSE,
             context=context,
             random=self._random,
         )
 
-    def _open(self, blob: bytes, context: bytes) -> bytes:
+    def _open(self, blob: bytes, context: bytes, key: bytes | None = None) -> bytes:
         try:
-            return open_at_rest(self._require_key(), blob, purpose=_ROW_PURPOSE, context=context)
+            return open_at_rest(
+                key or self._require_key(), blob, purpose=_ROW_PURPOSE, context=context
+            )
         except CryptoError:
             raise StorageError("the device store is damaged (a row does not open)") from None
 
@@ -376,7 +673,8 @@ class DeviceStore:
     # --- secrets --------------------------------------------------------------------------
 
     def put_secret(self, name: str, value: bytes) -> None:
-        blob = self._seal(value, b"secret:" + name.encode())
+        """Store a secret (those in :data:`BOOT_SECRETS` under the boot key)."""
+        blob = self._seal(value, b"secret:" + name.encode(), self._key_for(name))
         with self._txn() as conn:
             conn.execute(
                 sqlite_dialect.insert(secrets_table)
@@ -389,7 +687,9 @@ class DeviceStore:
             row = conn.execute(
                 sa.select(secrets_table.c.blob).where(secrets_table.c.name == name)
             ).first()
-        return None if row is None else self._open(bytes(row[0]), b"secret:" + name.encode())
+        if row is None:
+            return None
+        return self._open(bytes(row[0]), b"secret:" + name.encode(), self._key_for(name))
 
     # --- envelopes seen -------------------------------------------------------------------
 
@@ -553,6 +853,33 @@ class DeviceStore:
         with self._txn() as conn:
             conn.execute(messages.delete().where(messages.c.message_id == message_id))
 
+    def delete_messages_before(self, sent_before: int) -> int:
+        """Retention: delete messages sent before ``sent_before`` (Unix ms), with any sealed
+        copies still waiting to go out; return how many."""
+        with self._txn() as conn:
+            done = conn.execute(messages.delete().where(messages.c.sent_at < sent_before))
+        return int(done.rowcount)
+
+    # --- commands carried out ---------------------------------------------------------------
+
+    def command_done(self, command_id: bytes) -> bool:
+        """Whether this command was carried out already (commands are idempotent)."""
+        with self._txn() as conn:
+            row = conn.execute(
+                sa.select(done_commands.c.command_id).where(
+                    done_commands.c.command_id == command_id
+                )
+            ).first()
+        return row is not None
+
+    def mark_command_done(self, command_id: bytes, now: int) -> None:
+        with self._txn() as conn:
+            conn.execute(
+                sqlite_dialect.insert(done_commands)
+                .values(command_id=command_id, done_at=now)
+                .on_conflict_do_nothing()
+            )
+
     def advance_state(
         self, message_ids: list[bytes], state: MessageState, *, to: str | None = None
     ) -> int:
@@ -692,14 +1019,18 @@ def _open_db(home: Path) -> Database:
     return Database.open(str(home / "device.db"), component="device", migrations=MIGRATIONS)
 
 
-def _wrap(
-    data_key: bytes, passcode: str, params: Argon2Params, random: Callable[[int], bytes]
+def _wrap_boot(
+    boot_key: bytes, passcode: str, params: Argon2Params, random: Callable[[int], bytes]
 ) -> bytes:
-    passcode_key = derive_passcode_key(passcode, params, purpose=_KEY_PURPOSE)
-    wrapped = seal_at_rest(
-        passcode_key, data_key, purpose=_KEY_PURPOSE, context=b"data-key", random=random
+    passcode_key = derive_passcode_key(passcode, params, purpose=_BOOT_PURPOSE)
+    return seal_at_rest(
+        passcode_key, boot_key, purpose=_BOOT_PURPOSE, context=b"boot-key", random=random
     )
-    return _KeyFile(version=_FORMAT, params=params, wrapped=wrapped).encode()
+
+
+def _storage_key(boot_key: bytes, remote_secret: bytes) -> bytes:
+    """The key that wraps the data key: neither the passcode nor the server alone gives it."""
+    return hkdf(boot_key + remote_secret, purpose=_STORAGE_PURPOSE)
 
 
 def _read_key_file(home: Path) -> _KeyFile:
