@@ -34,6 +34,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/mls.py
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/management.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
