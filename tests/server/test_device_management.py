@@ -10,16 +10,12 @@ commands, deprovisioning while connected.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from sealwire.device import Device
 from sealwire.device.store import _grace_path, _session_paths
@@ -32,124 +28,12 @@ from sealwire.errors import (
     WrongPasscode,
 )
 from sealwire.server.administration import PolicySettings
-from sealwire.server.config import ServerConfig
-from sealwire.server.service import EnterpriseServer
-from sealwire.server.store import managed
 from sealwire.transport import RelayConnection, SessionEnded
 
 from ..relay.harness import RelayProcess
+from .management_harness import ADMIN, PASSCODE, eventually, listening, organisation, run
 
-PASSCODE = "correct horse battery"
-ADMIN = "alice-admin"
-
-
-class Clock:
-    """Unix ms, moved forward by the test (server and devices share it)."""
-
-    def __init__(self) -> None:
-        self.offset = 0
-
-    def __call__(self) -> int:
-        return time.time_ns() // 1_000_000 + self.offset
-
-
-@pytest.fixture(autouse=True)
-def runtime_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A runtime directory (as ``$XDG_RUNTIME_DIR`` is on a desktop): sessions and the
-    remote-secret cache go there, never into a device's home."""
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("SEALWIRE_SESSION_DIR", str(runtime))
-    return runtime
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = RelayProcess(
-        tmp_path_factory.mktemp("relay"),
-        # Every unlock past the offline grace asks the server through the activation channel.
-        env={
-            "SEALWIRE_RELAY_ACTIVATION_RATE_PER_MINUTE": "6000",
-            "SEALWIRE_RELAY_ACTIVATION_BURST": "1000",
-        },
-    ).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@dataclass
-class Org:
-    server: EnterpriseServer
-    clock: Clock
-    base: Path
-    devices: list[Device] = field(default_factory=list)
-
-    @property
-    def admin(self) -> Any:
-        return self.server.administration
-
-    async def person(self, name: str, *, passcode: str = PASSCODE) -> Device:
-        ticket = await self.admin.add_user(ADMIN, name, name.title())
-        device = await Device.activate(
-            self.base / name,
-            ticket.ticket,
-            ticket.password,
-            passcode,
-            clock=self.clock,
-        )
-        self.devices.append(device)
-        return device
-
-    def device_view(self, device: Device) -> Any:
-        return self.admin.device(device.address.hex())
-
-
-@contextlib.asynccontextmanager
-async def organisation(
-    tmp_path: Path, relay: RelayProcess, database: str = ""
-) -> AsyncIterator[Org]:
-    clock = Clock()
-    config = ServerConfig(data=str(tmp_path / "org"), relay=relay.url, database=database)
-    server = EnterpriseServer.open(config, clock=clock)
-    await server.start()
-    await server.wait_connected(10)
-    org = Org(server, clock, tmp_path)
-    try:
-        yield org
-    finally:
-        for device in org.devices:
-            with contextlib.suppress(Exception):
-                device.close()
-        await server.stop()
-
-
-async def listening(device: Device) -> tuple[asyncio.Task[None], asyncio.Event]:
-    """Keep ``device`` connected in the background; wait until it has reported."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(device.listen(stop))
-    for _ in range(200):
-        if device._conn is not None and device._tasks:
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.3)
-    return task, stop
-
-
-async def eventually(check: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("not within the time allowed")
-        await asyncio.sleep(0.05)
-
-
-def run(coroutine: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coroutine, 120))
+pytestmark = pytest.mark.usefixtures("runtime_directory")
 
 
 # --- IT policy ---------------------------------------------------------------------------------
@@ -268,11 +152,7 @@ def test_a_copy_of_a_wiped_device_cannot_be_unlocked_after_the_grace(
             )
             assert done
             assert org.device_view(phone).state == "wiped"
-            with org.server.store.db.transaction() as conn:
-                secret = conn.execute(
-                    sa.select(managed.c.remote_secret).where(managed.c.address == phone.address)
-                ).scalar_one()
-            assert secret is None  # the server's half of the storage key is gone
+            assert org.remote_secret_row(phone) is None  # the server's half of the key is gone
 
             # Within the grace, the copy still opens with the right passcode (that is what the
             # grace is: the device works offline for that long) ...

@@ -417,6 +417,10 @@ class Device:
         await in_thread(self.store.unlock_boot, passcode)
         try:
             self._load()
+            self.store.set_policy_limits(
+                attempt_limit=self._policy.max_failed_attempts,
+                auto_lock_s=self._policy.auto_lock_s,
+            )
             secret = self.store.cached_remote_secret()
             if secret is not None:
                 try:
@@ -469,6 +473,11 @@ class Device:
             await conn.close()
         if answer.policy is not None:
             self._apply_policy(answer.policy.verify(self._server_key))
+        if answer.status is SecretStatus.UNAVAILABLE:
+            raise StorageError(
+                "your organisation's server has no key for this device (was its database "
+                "restored from an older backup?): ask your administrator; nothing was erased"
+            )
         if answer.status is SecretStatus.WIPE or answer.secret is None:
             self._erase()
             raise DeviceWiped(
@@ -557,6 +566,8 @@ class Device:
         )
         if policy.offline_grace_s == 0:
             self.store.forget_remote_secret()
+        else:
+            self.store.cap_remote_secret(self._clock() + policy.offline_grace_s * 1000)
         if not self.store.locked:
             self._apply_retention()
         log.info("policy applied", extra={"policy": policy.name, "version": policy.version})
@@ -1460,8 +1471,11 @@ class Device:
                 self.lock()
                 self._end(DeviceLocked("locked after the idle time your organisation allows"))
                 return
+            # At most a second: a new policy may shorten the delay at any time.
             await asyncio.sleep(
-                1.0 if not limit_ms else max(0.2, (limit_ms - self.store.idle_ms()) / 1000)
+                1.0
+                if not limit_ms
+                else min(1.0, max(0.05, (limit_ms - self.store.idle_ms()) / 1000))
             )
 
 

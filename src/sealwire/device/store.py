@@ -326,6 +326,8 @@ class DeviceStore:
         self._random = random
         self._clock = clock
         self._boot: bytes | None = None
+        self._boot_wrapped = b""
+        """``device.key``'s wrapped boot key as :meth:`unlock_boot` read it."""
         self._key: bytes | None = None
         self._auto_lock_s = 0
         self._last_active = 0
@@ -460,6 +462,7 @@ class DeviceStore:
         if attempts.failed:
             _write_private(self.home / "attempts", _Attempts(0, attempts.limit).encode())
         self._boot = boot_key
+        self._boot_wrapped = key_file.boot
 
     def unlock_data(self, remote_secret: bytes) -> None:
         """Open the data key with the remote secret and start a session.
@@ -471,6 +474,11 @@ class DeviceStore:
             raise DeviceLocked("give the passcode first")
         key_file = _read_key_file(self.home)
         assert key_file.data is not None
+        if key_file.boot != self._boot_wrapped:
+            # The passcode changed (a lock command with a new one) while this unlock waited
+            # for the server: the passcode given is no longer the device's.
+            self.lock()
+            raise WrongPasscode("the passcode was changed meanwhile: unlock with the new one")
         try:
             data_key = open_at_rest(
                 _storage_key(self._boot, remote_secret),
@@ -566,6 +574,16 @@ class DeviceStore:
             _erase_file(path)
             return None
         return grace.secret
+
+    def cap_remote_secret(self, until: int) -> None:
+        """A shorter grace applies to the secret already cached too."""
+        secret = self.cached_remote_secret()
+        path = _grace_path(self.home)
+        if secret is None or path is None:
+            return
+        grace = _Grace.decode(path.read_bytes(), max_size=128)
+        if grace.until > until:
+            self.cache_remote_secret(secret, until)
 
     def forget_remote_secret(self) -> None:
         path = _grace_path(self.home)

@@ -98,6 +98,9 @@ class SecretStatus(enum.IntEnum):
     GRANTED = 1
     WIPE = 2
     """The device was wiped or its person deprovisioned: it must erase itself."""
+    UNAVAILABLE = 3
+    """The server has no secret for this active device (its database was restored from before
+    the activation, or damaged): the device stays locked and erases nothing."""
 
 
 # --- Commands --------------------------------------------------------------------------------

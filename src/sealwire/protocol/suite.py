@@ -255,8 +255,15 @@ def hpke_seal(
 
     ``context`` binds the ciphertext to what travels beside it (an envelope's outer header).
     Returns ``enc (1120 bytes) || AES-256-GCM ciphertext``.
+
+    Raises:
+        CryptoError: the key cannot be sealed to (an X25519 part of low order parses, but
+            yields no shared secret).
     """
-    return _HPKE.encrypt(plaintext, public_key._key, info=_hpke_info(purpose, context))
+    try:
+        return _HPKE.encrypt(plaintext, public_key._key, info=_hpke_info(purpose, context))
+    except ValueError:
+        raise CryptoError("cannot seal to this X-Wing public key") from None
 
 
 def hpke_open(private_key: XWingPrivateKey, data: bytes, *, purpose: str, context: bytes) -> bytes:

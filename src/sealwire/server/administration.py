@@ -59,6 +59,9 @@ COMMAND_KINDS = ("lock", "wipe", "renew-keys")
 _KINDS = {"lock": CommandKind.LOCK, "wipe": CommandKind.WIPE, "renew-keys": CommandKind.RENEW_KEYS}
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 COMMAND_PURPOSE = "server/command"
+WIPE_REVOCATION_DELAY_S = 5.0
+"""After a wipe command, how long the relay still lets the device in (to erase itself and
+acknowledge) before it refuses it for good."""
 REMOTE_SECRET_PURPOSE = "server/remote-secret"  # noqa: S105 (a label)
 
 
@@ -602,7 +605,12 @@ class Administration:
                 # The crypto-backed half: from now on no copy of the device can be unlocked
                 # once its offline grace has passed, whether or not it gets the command.
                 self._store.end_devices(conn, [address], "wiped")
+                self._store.add_revocations(conn, [address], now)
         await self._server.push_command(signed)
+        if kind == "wipe":
+            # A connected device gets a moment to erase itself and say so; then (or at once,
+            # if the server restarts) the relay refuses it whatever it does.
+            self._server.revoke_soon(WIPE_REVOCATION_DELAY_S)
         return self.command_status(signed.command.command_id.hex())
 
     def _queue_command(

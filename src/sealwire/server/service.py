@@ -370,7 +370,7 @@ class EnterpriseServer:
             for task in (deliveries, activations):
                 task.cancel()
             for task in (deliveries, activations):
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(BaseException):
                     await task
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     log.error("server task failed", exc_info=task.exception())
@@ -387,6 +387,8 @@ class EnterpriseServer:
             except SealwireError as exc:
                 # Never lose the link over one envelope; it is acknowledged and dropped.
                 log.warning("envelope not handled", extra={"reason": str(exc)})
+            except Exception:  # a bug must not cost everyone the link either
+                log.exception("envelope handling failed")
             conn.ack([delivered.delivery_id])
 
     def _open(self, data: bytes) -> OpenedEnvelope:
@@ -492,11 +494,18 @@ class EnterpriseServer:
         with self.store.db.transaction() as conn:
             row = self.store.managed_device(conn, device.address)
             self.store.seen_device(conn, device.address, now)
-            if device.state not in ("pending", "active") or row is None or not row.remote_secret:
+            if device.state not in ("pending", "active"):
                 log.info(
                     "a wiped or revoked device asked for its secret", extra=_dev(device.address)
                 )
+                self.store.wipe_told(conn, device.address, now)
                 return RemoteSecretAnswer(request_id=message.request_id, status=SecretStatus.WIPE)
+            if row is None or not row.remote_secret:
+                # Lost by the server (a restore, a repair): not a reason to erase the device.
+                log.error("no remote secret for an active device", extra=_dev(device.address))
+                return RemoteSecretAnswer(
+                    request_id=message.request_id, status=SecretStatus.UNAVAILABLE
+                )
             secret = open_at_rest(
                 self.keys.ticket_key,
                 bytes(row.remote_secret),
@@ -638,6 +647,18 @@ class EnterpriseServer:
         self.store.revocations_done(pending)
         log.info("the relay refuses revoked devices", extra={"count": len(pending)})
 
+    def revoke_soon(self, delay_s: float) -> None:
+        """Send the pending revocations after ``delay_s`` seconds (they are in the database:
+        a restart sends them at once)."""
+
+        async def later() -> None:
+            await asyncio.sleep(delay_s)
+            await self.send_revocations()
+
+        task = asyncio.create_task(later())
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
     # --- helpers for the administration layer -------------------------------------------------
 
     def now_ms(self) -> int:
@@ -768,6 +789,9 @@ class EnterpriseServer:
                     answer = self._unlock(unlock)
                 except SealwireError as exc:  # never lose the link over one request
                     log.warning("unlock request not handled", extra={"reason": str(exc)})
+                    continue
+                except Exception:
+                    log.exception("unlock request handling failed")
                     continue
                 if answer is not None:
                     await conn.send_activation(received.session, answer)

@@ -820,6 +820,19 @@ class ServerStore:
         )
         return row
 
+    def wipe_told(self, conn: sa.Connection, address: bytes, now: int) -> None:
+        """A wiped or revoked device asked for its secret and was told to erase itself: its
+        queued wipe commands are done (it erases on that answer, and may never report)."""
+        conn.execute(
+            commands.update()
+            .where(
+                commands.c.address == address,
+                commands.c.kind == "wipe",
+                commands.c.state == "queued",
+            )
+            .values(state="done", detail="told to erase itself at unlock", completed_at=now)
+        )
+
     def all_devices(self, conn: sa.Connection, username: str | None = None) -> list[sa.Row[Any]]:
         query = (
             sa.select(
