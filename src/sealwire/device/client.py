@@ -89,6 +89,7 @@ from sealwire.protocol.identity import (
     sign_prekey,
 )
 from sealwire.protocol.management import (
+    Command,
     CommandKind,
     CommandResult,
     CommandStatus,
@@ -908,7 +909,7 @@ class Device:
                 log.warning("command failed", extra={"kind": command.kind.name})
                 await self._command_result(command.command_id, CommandStatus.FAILED, str(exc))
 
-    async def _run_command(self, command: Any) -> None:
+    async def _run_command(self, command: Command) -> None:
         """Carry out one command (idempotent: a command done before is only acknowledged)."""
         log.info("command received", extra={"kind": command.kind.name})
         if command.kind is CommandKind.WIPE:
