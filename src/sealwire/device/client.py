@@ -640,10 +640,7 @@ class Device:
         self._load()
         self.store.touch()
         if self.store.locked:
-            raise DeviceLocked(
-                f"the device in {self.store.home} is locked: run `sealwire device --home "
-                f"{self.store.home} unlock`"
-            )
+            raise self.store.locked_error()
         try:
             conn = await RelayConnection.open(
                 self._directory.relay, identity=self._identity, chain=self._chain

@@ -630,21 +630,21 @@ class DeviceStore:
             with contextlib.suppress(OSError):
                 (self.home / name).unlink()
 
+    def locked_error(self) -> DeviceLocked:
+        """The error for anything that needs the store unlocked."""
+        return DeviceLocked(
+            f"the device in {self.home} is locked: run `sealwire device --home {self.home} unlock`"
+        )
+
     def _require_key(self) -> bytes:
         if self._key is None:
-            raise DeviceLocked(
-                f"the device in {self.home} is locked: run `sealwire device --home "
-                f"{self.home} unlock`"
-            )
+            raise self.locked_error()
         return self._key
 
     def _key_for(self, name: str) -> bytes:
         if name in BOOT_SECRETS:
             if self._boot is None:
-                raise DeviceLocked(
-                    f"the device in {self.home} is locked: run `sealwire device --home "
-                    f"{self.home} unlock`"
-                )
+                raise self.locked_error()
             return self._boot
         return self._require_key()
 

@@ -555,7 +555,9 @@ class Administration:
     def device(self, address: str) -> DeviceView:
         """``address``: the full hex address or an unambiguous prefix of it (8+ hex digits)."""
         full = self._resolve(address)
-        return next(d for d in self.devices() if d.address == full.hex())
+        with self._db.transaction() as conn:
+            row = next(r for r in self._store.all_devices(conn) if bytes(r.address) == full)
+        return _device_view(row)
 
     def _resolve(self, address: str) -> bytes:
         text = address.strip().lower().replace("-", "").replace(":", "")

@@ -921,8 +921,7 @@ class EnterpriseServer:
             ConfigError: a lifetime beyond 30 days.
         """
         lifetime = self.config.ticket_lifetime_s if lifetime_s is None else lifetime_s
-        if not 60 <= lifetime <= MAX_TICKET_LIFETIME_S:
-            raise ConfigError("an activation password lives between one minute and 30 days")
+        self.check_ticket_lifetime(lifetime)
         user = self.store.user(username)
         if user.state != "active":
             raise UnknownUser(f"{username!r} is disabled")
