@@ -202,6 +202,7 @@ EXPECTED = {
         "DecodeError",
         "DeviceLocked",
         "DeviceWiped",
+        "EncodeError",
         "InvalidCertificate",
         "InvalidEnvelope",
         "InvalidSignature",

@@ -4,6 +4,7 @@ Every exception the package raises on purpose is a :class:`SealwireError`::
 
     SealwireError
     ├── LocalProtocolError        you used the API wrongly (an event the state does not allow)
+    │   └── EncodeError           a value outside its wire bounds: the receiver would refuse it
     ├── RemoteProtocolError       the peer sent something we refuse; carries a stable wire code
     │   └── DecodeError           bytes that are not a valid Sealwire structure
     ├── CryptoError               a cryptographic check failed
@@ -44,6 +45,7 @@ __all__ = [
     "DecodeError",
     "DeviceLocked",
     "DeviceWiped",
+    "EncodeError",
     "InvalidCertificate",
     "InvalidEnvelope",
     "InvalidSignature",
@@ -67,6 +69,21 @@ class LocalProtocolError(SealwireError):
 
     A bug in the caller, never something a peer can cause.
     """
+
+
+class EncodeError(LocalProtocolError):
+    """A structure could not be encoded: a field is outside the bounds its receiver's decoder
+    enforces (too long, too many items, out of range, not valid Unicode). Raised on the
+    sending side, before anything is sent; callers that take input from people check it
+    first and say what the limit is.
+
+    Attributes:
+        reason: which field and which bound (never the value itself).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class RemoteProtocolError(SealwireError):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sealwire.errors import DecodeError
+from sealwire.errors import DecodeError, EncodeError
 from sealwire.protocol.codec import (
     MAX_DEPTH,
     MAX_ITEMS,
@@ -21,6 +21,7 @@ from sealwire.protocol.codec import (
     encode_value,
     wire,
 )
+from tests.protocol.unchecked import encode_unchecked
 
 
 class Colour(enum.IntEnum):
@@ -205,3 +206,63 @@ def test_mutated_valid_structure(noise: bytes, position: int) -> None:
     except DecodeError:
         return
     assert value.encode() == bytes(data)
+
+
+# --- encode-side bounds: the sender refuses exactly what the receiver's decoder would ----------
+
+
+_VALUES = st.builds(
+    Sample,
+    number=st.integers(min_value=-(1 << 65), max_value=1 << 65),
+    blob=st.binary(min_size=3, max_size=5),
+    text=st.text(max_size=10) | st.just("\ud800"),  # a lone surrogate is not Unicode
+    flag=st.booleans(),
+    colour=st.sampled_from(Colour),
+    inner=st.builds(Inner, n=st.integers(min_value=-2, max_value=12)),
+    items=st.lists(st.binary(max_size=3), max_size=5).map(tuple),
+    note=st.none() | st.text(max_size=3),
+)
+
+
+@given(_VALUES)
+def test_encode_refuses_exactly_what_decode_refuses(value: Sample) -> None:
+    """One definition of every bound: ``encode`` raises ``EncodeError`` if and only if the
+    receiver's decoder refuses the same value written without the encode-side checks."""
+    with contextlib.suppress(UnicodeEncodeError):  # cbor2 itself cannot write the surrogate
+        unchecked = encode_unchecked(value)
+        try:
+            Sample.decode(unchecked)
+            accepted = True
+        except DecodeError:
+            accepted = False
+        try:
+            assert Sample.decode(value.encode()) == value
+            refused = False
+        except EncodeError:
+            refused = True
+        assert refused is not accepted
+        return
+    with pytest.raises(EncodeError):  # a surrogate, and perhaps another bound too
+        value.encode()
+
+
+def test_encode_error_names_the_field_and_the_bound_not_the_value() -> None:
+    secret = "s3cr3t-text"
+    over = Sample(
+        number=1,
+        blob=b"abcd",
+        text=secret,
+        flag=True,
+        colour=Colour.RED,
+        inner=Inner(n=1),
+        items=(),
+    )
+    with pytest.raises(EncodeError) as raised:
+        over.encode()
+    assert raised.value.reason == "Sample.text: 11 long, longer than 8"
+    assert secret not in str(raised.value)
+    nested = Sample(
+        number=1, blob=b"abcd", text="", flag=True, colour=Colour.RED, inner=Inner(n=11), items=()
+    )
+    with pytest.raises(EncodeError, match=r"Sample\.inner: Inner\.n: 11 is out of range"):
+        nested.encode()

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sealwire.errors import DecodeError, InvalidCertificate, InvalidSignature
+from sealwire.errors import DecodeError, EncodeError, InvalidCertificate, InvalidSignature
 from sealwire.protocol.activation import (
     ActivationTicket,
     normalise_password,
@@ -49,6 +49,7 @@ from sealwire.protocol.identity import MAX_TIME, Certificate, sign_prekey
 from sealwire.protocol.messaging import ChatMessage, Receipt
 from sealwire.protocol.suite import Argon2Params, SigningKey, XWingPrivateKey, sha256
 from tests.protocol.keys import NOW, key, make_org
+from tests.protocol.unchecked import encode_unchecked
 from tests.vectors.make_directory_vectors import build, structures
 
 VECTORS = json.loads((pathlib.Path(__file__).parents[1] / "vectors" / "directory.json").read_text())
@@ -230,16 +231,22 @@ def test_a_user_name_is_at_most_64_characters() -> None:
         organisation_name="o", user="a" * 64, display_name="", server_prekey=b"", relay=""
     )
     assert ActivationDirectory.decode(ok.encode()) == ok
+    with pytest.raises(EncodeError, match=r"ActivationDirectory\.user: 65 long"):
+        replace(ok, user="a" * 65).encode()  # the sender refuses what the receiver would
+    too_long = {**ok.to_value(), 1: "a" * 65}
     with pytest.raises(DecodeError):
-        ActivationDirectory.decode(replace(ok, user="a" * 65).encode())
+        ActivationDirectory.decode(cbor2.dumps(too_long))
 
 
 def test_an_entry_has_at_most_max_devices() -> None:
     device = DeviceEntry(chain=(b"c",), prekey=b"p")
     entry = UserEntry(user="a", display_name="", devices=(device,) * MAX_DEVICES_PER_USER)
     assert UserEntry.decode(entry.encode()) == entry
+    over = replace(entry, devices=(device,) * (MAX_DEVICES_PER_USER + 1))
+    with pytest.raises(EncodeError):
+        over.encode()
     with pytest.raises(DecodeError):
-        UserEntry.decode(replace(entry, devices=(device,) * (MAX_DEVICES_PER_USER + 1)).encode())
+        UserEntry.decode(encode_unchecked(over))
 
 
 @pytest.mark.parametrize(

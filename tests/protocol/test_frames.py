@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sealwire.errors import ConfigError, DecodeError
+from sealwire.errors import ConfigError, DecodeError, EncodeError
 from sealwire.protocol.envelope import MAX_ENVELOPE_SIZE
 from sealwire.protocol.frames import (
     ERROR_CODES,
@@ -46,6 +46,7 @@ from sealwire.protocol.frames import (
     relay_id_for,
 )
 from sealwire.protocol.suite import sha256
+from tests.protocol.unchecked import encode_unchecked
 from tests.vectors.make_frame_vectors import build
 
 VECTORS = json.loads((pathlib.Path(__file__).parents[1] / "vectors" / "frames.json").read_text())
@@ -136,7 +137,7 @@ def test_invalid_frames_are_rejected(value: object) -> None:
 def test_oversized_frame_is_rejected() -> None:
     frame = Send(ref=1, envelope=bytes(MAX_FRAME_SIZE))
     with pytest.raises(DecodeError):
-        decode_frame(cbor2.dumps([5, frame.to_value()]))
+        decode_frame(encode_unchecked(frame, FRAMES))
 
 
 def test_non_canonical_encoding_is_rejected() -> None:
@@ -274,6 +275,7 @@ def test_request_error_codes_are_the_per_request_ones() -> None:
         "queue-full",
         "unknown-server",
         "unavailable",
+        "recipient-revoked",
     }
 
 
@@ -299,5 +301,8 @@ def test_size_limits_are_exact(make: object, limit: int) -> None:
     at_limit = encode_frame(build_frame(limit))  # type: ignore[operator]
     assert len(at_limit) <= MAX_FRAME_SIZE
     assert decode_frame(at_limit) == build_frame(limit)  # type: ignore[operator]
+    over = build_frame(limit + 1)  # type: ignore[operator]
+    with pytest.raises(EncodeError):  # the sender refuses what the receiver would
+        encode_frame(over)
     with pytest.raises(DecodeError):
-        decode_frame(encode_frame(build_frame(limit + 1)))  # type: ignore[operator]
+        decode_frame(encode_unchecked(over, FRAMES))

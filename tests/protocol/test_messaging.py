@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sealwire.errors import DecodeError
+from sealwire.errors import DecodeError, EncodeError
 from sealwire.protocol.codec import Struct
 from sealwire.protocol.envelope import MAX_BODY_SIZE
 from sealwire.protocol.messaging import (
@@ -20,6 +20,7 @@ from sealwire.protocol.messaging import (
     Receipt,
     ReceiptKind,
 )
+from tests.protocol.unchecked import encode_unchecked
 
 MESSAGE = ChatMessage(message_id=bytes(range(16)), sender="alice", recipient="bob", text="Hi Bob")
 RECEIPT = Receipt(kind=ReceiptKind.DELIVERED, message_ids=(bytes(16), bytes([1]) * 16), by="bob")
@@ -109,8 +110,10 @@ def test_size_limits_are_exact(make: object, limit: int) -> None:
     at_limit = build(limit)  # type: ignore[operator]
     assert type(at_limit).decode(at_limit.encode()) == at_limit
     over = build(limit + 1)  # type: ignore[operator]
+    with pytest.raises(EncodeError):  # the sender refuses what the receiver would
+        over.encode()
     with pytest.raises(DecodeError):
-        type(over).decode(over.encode())
+        type(over).decode(encode_unchecked(over))
 
 
 @pytest.mark.parametrize(
@@ -138,8 +141,10 @@ def test_invalid_structures_are_refused(cls: type[Struct], value: object) -> Non
 
 def test_receipt_ids_are_exactly_sixteen_bytes() -> None:
     short = Receipt(kind=ReceiptKind.READ, message_ids=(b"",), by="bob")
+    with pytest.raises(EncodeError):
+        short.encode()
     with pytest.raises(DecodeError):
-        Receipt.decode(short.encode())
+        Receipt.decode(encode_unchecked(short))
 
 
 def test_the_longest_text_fits_in_one_envelope_body() -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sealwire.errors import LocalProtocolError
 from sealwire.protocol.envelope import MAX_ENVELOPE_SIZE, Envelope
 from sealwire.protocol.frames import (
+    FRAMES,
     MAX_FRAME_SIZE,
     MAX_REVOKE_ADDRESSES,
     Accepted,
@@ -57,6 +58,7 @@ from sealwire.protocol.session import (
     SessionTerminated,
 )
 from tests.protocol.keys import DAY, NOW, NOW_MS, Org, key, make_org
+from tests.protocol.unchecked import encode_unchecked
 
 RELAY_ORIGIN = "wss://relay.test"
 RELAY_ID = relay_id_for(RELAY_ORIGIN)
@@ -1059,5 +1061,5 @@ def test_the_largest_envelope_goes_through_and_one_byte_more_does_not() -> None:
     assert pair.relay_events[-1] == EnvelopeSubmitted(
         ref=ref, recipient=bytes(32), envelope=largest
     )
-    too_big = encode_frame(Send(ref=9, envelope=bytes(MAX_ENVELOPE_SIZE + 1)))
+    too_big = encode_unchecked(Send(ref=9, envelope=bytes(MAX_ENVELOPE_SIZE + 1)), FRAMES)
     assert terminated(pair.relay.receive_frame(too_big, NOW_MS)).code == "malformed"

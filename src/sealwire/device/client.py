@@ -34,7 +34,9 @@ from sealwire.errors import (
     DecodeError,
     DeviceLocked,
     DeviceWiped,
+    EncodeError,
     InvalidEnvelope,
+    RemoteProtocolError,
     SealwireError,
     StorageError,
     TransportError,
@@ -60,14 +62,17 @@ from sealwire.protocol.directory import (
     REQUEST_ID_SIZE,
     ActivationDirectory,
     CertificateRenewed,
+    DirectoryChanged,
     DirectoryQuery,
     Policy,
     PrekeysPublished,
     PublishPrekeys,
     RenewCertificate,
+    ServerRefusal,
     SignedDirectoryAnswer,
     SignedPolicy,
     UserEntry,
+    check_username,
     decode_directory_message,
     encode_directory_message,
     verify_prekey,
@@ -79,6 +84,7 @@ from sealwire.protocol.envelope import (
     open_envelope,
     seal,
 )
+from sealwire.protocol.frames import ErrorCode
 from sealwire.protocol.identity import (
     MAX_CERTIFICATE_SIZE,
     MAX_CHAIN,
@@ -109,6 +115,7 @@ from sealwire.protocol.management import (
 from sealwire.protocol.messaging import (
     APP_MESSAGE_ID_SIZE,
     MAX_RECEIPT_IDS,
+    MAX_TEXT,
     ChatMessage,
     Receipt,
     ReceiptKind,
@@ -242,6 +249,9 @@ class Device:
         self._ended: asyncio.Event | None = None
         self._end_reason: SealwireError | None = None
         """Why the device left its connection on its own (locked or wiped by a command)."""
+        self._server_away = False
+        """The server did not answer within the connection's wait: later connections of this
+        process do not wait for it again (they still ask, and use what comes back)."""
 
     # --- opening and activation -----------------------------------------------------------
 
@@ -684,6 +694,7 @@ class Device:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(TransportError("the relay connection closed"))
+                    _consume(future)  # its asker may have stopped waiting
             self._pending.clear()
             self._conn = None
             await conn.close()
@@ -711,11 +722,20 @@ class Device:
             raise TransportError("not connected to the relay" + (f" ({why.code})" if why else ""))
         return self._conn
 
-    async def _send_envelope(self, envelope: bytes) -> None:
+    async def _send_envelope(self, envelope: bytes) -> bool:
+        """Hand one envelope to the relay; ``True`` once it holds it durably, ``False`` if
+        the relay will never carry it (our organisation revoked the recipient's device).
+
+        Raises:
+            TransportError: not accepted now (retry on the next connection).
+        """
         try:
             await self._connection().send(envelope)
         except RequestRefused as exc:
+            if exc.code == ErrorCode.RECIPIENT_REVOKED:
+                return False
             raise TransportError(f"the relay refused an envelope ({exc.code})") from exc
+        return True
 
     async def _dispatch(self, conn: RelayConnection) -> None:
         """Read deliveries: server answers are handled at once (they may be awaited by the
@@ -771,6 +791,11 @@ class Device:
         if isinstance(message, SignedCommand):
             self._spawn(self._run_commands([message]))
             return
+        if isinstance(message, DirectoryChanged):
+            log.info("directory entries changed", extra={"count": len(message.users)})
+            for user in message.users:
+                self._forget(user)
+            return
         request_id = getattr(message, "request_id", None)
         if isinstance(message, SignedDirectoryAnswer):
             request_id = message.answer.request_id
@@ -789,7 +814,13 @@ class Device:
             body = encode_directory_message(message)  # type: ignore[arg-type]
         await self._send_envelope(self._seal(self._server_peer, payload_type, body))
         try:
-            return await asyncio.wait_for(future, _ANSWER_TIMEOUT_S)
+            answer = await asyncio.wait_for(future, _ANSWER_TIMEOUT_S)
+            if isinstance(answer, ServerRefusal):
+                raise RemoteProtocolError(
+                    f"your organisation's server refused the request: {answer.reason}",
+                    code=answer.code.name.lower(),
+                )
+            return answer
         except TimeoutError:
             raise TransportError(
                 "the enterprise server did not answer within "
@@ -820,22 +851,23 @@ class Device:
         # Our own person's devices fresh from the server: a device activated since reaches
         # every copy we send (and this first contact is what makes the server list a newly
         # activated device).
+        # Both questions go out at once and share one wait: a connection waits at most
+        # _MAINTAIN_WAIT_S for the server in all, and not at all once it was found away.
         own = asyncio.ensure_future(self.lookup([self.user], fresh=True))
-        try:
-            await asyncio.wait_for(asyncio.shield(own), _MAINTAIN_WAIT_S)
-        except TimeoutError:
-            log.info("the server has not answered yet; using the cached device list")
-            own.add_done_callback(_consume)
-        except SealwireError as exc:
-            log.info("own devices not refreshed", extra={"reason": str(exc)})
+        report = asyncio.ensure_future(self._report())  # policy and commands
         self._apply_retention()
-        report = asyncio.ensure_future(self._report())
-        try:  # policy and commands: the answer is usually here long before this wait ends
-            await asyncio.wait_for(asyncio.shield(report), _MAINTAIN_WAIT_S)
-        except TimeoutError:
-            report.add_done_callback(_consume)
-        except SealwireError as exc:
-            log.info("report not answered", extra={"reason": str(exc)})
+        wait = 0.0 if self._server_away else _MAINTAIN_WAIT_S
+        _, pending = await asyncio.wait((own, report), timeout=wait)
+        for future, what in ((own, "own devices not refreshed"), (report, "report not answered")):
+            if future in pending:
+                future.add_done_callback(_consume)
+            elif future.exception() is not None:
+                log.info(what, extra={"reason": str(future.exception())})
+        if pending:
+            log.info("the server has not answered yet; using the cached directory")
+            self._server_away = True
+            return  # key maintenance needs the server: on a later connection
+        self._server_away = False
         if self._end_reason is not None:
             return
         now_s = self._clock() // 1000
@@ -911,11 +943,7 @@ class Device:
         log.info("command received", extra={"kind": command.kind.name})
         if command.kind is CommandKind.WIPE:
             # Acknowledge first (best effort, briefly), then erase: afterwards nothing can.
-            with contextlib.suppress(SealwireError, TimeoutError):
-                await asyncio.wait_for(
-                    self._command_result(command.command_id, CommandStatus.DONE, "wiped"),
-                    _COMMAND_RESULT_WAIT_S,
-                )
+            await self._acknowledge_wipe(command.command_id)
             self._erase()
             self._end(DeviceWiped("your organisation has wiped this device"))
             return
@@ -940,6 +968,33 @@ class Device:
             await self.renew_certificate()
             self.store.mark_command_done(command.command_id, self._clock())
             await self._command_result(command.command_id, CommandStatus.DONE, "keys renewed")
+
+    async def _acknowledge_wipe(self, command_id: bytes) -> None:
+        """Tell the server a wipe is being carried out, within a few seconds at most. A
+        deprovisioned device is cut off by the relay right after its wipe arrives: then the
+        result goes through the relay's activation channel, which still reaches the server."""
+        try:
+            await asyncio.wait_for(
+                self._command_result(command_id, CommandStatus.DONE, "wiped"),
+                _COMMAND_RESULT_WAIT_S,
+            )
+            return
+        except (SealwireError, TimeoutError):
+            pass
+        result = CommandResult(command_id=command_id, status=CommandStatus.DONE, detail="wiped")
+        envelope = self._seal(
+            self._server_peer, payload_type_of(result), encode_management_message(result)
+        )
+        with contextlib.suppress(SealwireError, TimeoutError):
+            async with asyncio.timeout(_COMMAND_RESULT_WAIT_S):
+                conn = await RelayConnection.open_for_activation(self._directory.relay)
+                try:
+                    payload = encode_message(UnlockRequest(envelope=envelope))
+                    await conn.send_activation(self._random(16), payload, self.server_address)
+                    # No answer comes; give the relay a moment to pass it on before closing.
+                    await asyncio.sleep(0.5)
+                finally:
+                    await conn.close()
 
     async def _command_result(self, command_id: bytes, status: CommandStatus, detail: str) -> None:
         result = CommandResult(command_id=command_id, status=status, detail=detail[:200])
@@ -990,6 +1045,8 @@ class Device:
             TransportError: the server could not be asked.
         """
         self._load()
+        for user in users:
+            _check_person(user)
         now_s = self._clock() // 1000
         found: dict[str, UserEntry] = {}
         missing = []
@@ -1016,16 +1073,27 @@ class Device:
                 raise TransportError("the server's directory answer is not signed by it") from None
             if answer.request_id != request_id or answer.organisation != self.organisation:
                 raise TransportError("the directory answer is for another question")
-            expires = min(answer.expires_at, now_s + _MAX_CACHE_S)
+            # The organisation's policy says how long a directory answer may be used.
+            lifetime = min(self._policy.directory_cache_s, _MAX_CACHE_S)
+            expires = min(answer.expires_at, now_s + lifetime)
             for entry in answer.entries:
-                if entry.user in chunk:
-                    found[entry.user] = entry
+                if entry.user not in chunk:
+                    continue
+                found[entry.user] = entry
+                if entry.devices and expires > now_s:
                     self._entries[entry.user] = (expires, entry)
                     self.store.cache_entry(entry.user, entry.encode(), expires)
+                else:  # no device yet: ask again next time rather than remember "none"
+                    self._forget(entry.user)
             for name in answer.unknown:
-                self._entries.pop(name, None)
-                self.store.forget_entry(name)
+                self._forget(name)
         return found
+
+    def _forget(self, user: str) -> None:
+        """Drop ``user`` from the directory cache (memory and store)."""
+        self._entries.pop(user, None)
+        self._verified.pop(user, None)
+        self.store.forget_entry(user)
 
     def _peers(self, entry: UserEntry) -> list[Peer]:
         """Verified devices of a directory entry (skipping any that fails a check). The result
@@ -1078,6 +1146,7 @@ class Device:
                 sent on the next connection if it was already sealed).
         """
         self._load()
+        _check_text(text)
         entries = await self.lookup([user, self.user])
         if user not in entries:
             raise ConfigError(f"{user!r} is not a person of this organisation")
@@ -1095,11 +1164,14 @@ class Device:
         )
         message_id = self._random(APP_MESSAGE_ID_SIZE)
         body = ChatMessage(message_id=message_id, sender=self.user, recipient=user, text=text)
-        encoded = body.encode()
+        try:
+            encoded = body.encode()  # the recipient's decoder enforces the same bounds
+        except EncodeError as exc:
+            raise ConfigError(f"the message cannot be sent: {exc.reason}") from None
+        theirs = [peer for peer in peers if peer.address != self.address]
         envelopes = tuple(
             self._seal(peer, PayloadType.MESSAGE, encoded)
-            for peer in peers + own
-            if peer.address != self.address
+            for peer in theirs + [p for p in own if p.address != self.address]
         )
         now = self._clock()
         # The copies go to the relay while the message and its outbox entries are being
@@ -1119,9 +1191,19 @@ class Device:
         )
         stored = asyncio.ensure_future(self._write(_Outgoing(record, envelopes, now)))
         try:
-            await asyncio.gather(*(self._send_envelope(env) for env in envelopes))
+            taken = await asyncio.gather(*(self._send_envelope(env) for env in envelopes))
         finally:
             await stored
+        if not all(taken):
+            # Our organisation ended some of these devices since we cached the directory.
+            self._forget(user)
+            self._forget(self.user)
+            if theirs and not any(taken[: len(theirs)]):
+                await self._write(lambda: self.store.message_failed(message_id))
+                raise ConfigError(
+                    f"not sent: {user!r}'s devices have been disabled by your organisation "
+                    "(the relay refuses them)"
+                )
         await self._write(_Sent(message_id))
         return message_id
 
@@ -1189,8 +1271,11 @@ class Device:
         not accepted before is sent again; recipients drop copies they already have)."""
         await self._send_queued(self.store.outbox())
         for message_id, envelopes in self.store.unsent_messages():
-            await asyncio.gather(*(self._send_envelope(env) for env in envelopes))
-            self.store.messages_sent([message_id])
+            taken = await asyncio.gather(*(self._send_envelope(env) for env in envelopes))
+            if any(taken):
+                self.store.messages_sent([message_id])
+            else:  # every device it was for was disabled meanwhile: it will never arrive
+                self.store.message_failed(message_id)
 
     async def _send_queued(self, queued: list[tuple[int, bytes]]) -> None:
         """Send outbox entries (receipts), skipping any another call is sending; once the
@@ -1575,6 +1660,23 @@ def _join(chain: tuple[bytes, ...]) -> bytes:
 
 def _split(data: bytes) -> tuple[bytes, ...]:
     return _Chain.decode(data, max_size=4096).certificates
+
+
+def _check_text(text: str) -> None:
+    """Refuse, before anything is sealed, a text the recipient's decoder would refuse
+    (:data:`~sealwire.protocol.messaging.MAX_TEXT`, the one definition both sides use)."""
+    if len(text) > MAX_TEXT:
+        raise ConfigError(
+            f"the message is too long: {len(text):,} characters, and one message carries at "
+            f"most {MAX_TEXT:,}; send it in parts"
+        )
+
+
+def _check_person(user: str) -> None:
+    try:
+        check_username(user)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _empty(user: str) -> UserEntry:

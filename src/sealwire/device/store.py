@@ -168,8 +168,8 @@ MIGRATIONS = (
 
 
 class MessageState(enum.IntEnum):
-    """Where a message is. Outgoing: QUEUED → SENT → DELIVERED → READ; incoming: RECEIVED →
-    READ."""
+    """Where a message is. Outgoing: QUEUED → SENT → DELIVERED → READ, or QUEUED → FAILED;
+    incoming: RECEIVED → READ."""
 
     QUEUED = 0
     """Sealed and waiting to be handed to the relay."""
@@ -178,6 +178,9 @@ class MessageState(enum.IntEnum):
     DELIVERED = 2
     RECEIVED = 3
     READ = 4
+    FAILED = 5
+    """It will never arrive: the relay refused every copy for the recipient (their devices
+    were disabled by the organisation). Final: receipts never move it."""
 
 
 @dataclass(frozen=True)
@@ -813,6 +816,15 @@ class DeviceStore:
         """The relay holds every copy of these outgoing messages durably: they are SENT."""
         with self._txn() as conn:
             conn.execute(_MARK_SENT, [{"mid": mid} for mid in message_ids])
+
+    def message_failed(self, message_id: bytes) -> None:
+        """An outgoing message that will never arrive: FAILED, nothing left to send."""
+        with self._txn() as conn:
+            conn.execute(
+                messages.update()
+                .where(messages.c.message_id == message_id)
+                .values(unsent=None, state=int(MessageState.FAILED))
+            )
 
     def unsent_messages(self) -> list[tuple[bytes, tuple[bytes, ...]]]:
         """Outgoing messages whose copies the relay may not hold yet (a crash, a lost

@@ -12,6 +12,12 @@ floats, simple values other than true/false/null, integers outside 64 bits, nest
 strings outside their field's bounds, and any encoding that is not the deterministic one (so
 every value has exactly one accepted encoding, and ``encode(decode(b)) == b``).
 
+Encoding checks the same field bounds, from the same :func:`wire` declaration: a value the
+receiver's decoder would refuse (a text longer than its field allows, too many items, an integer
+out of range, a string that is not valid Unicode) raises :class:`~sealwire.errors.EncodeError`
+on the sending side, before anything is sent. Sender and recipient share one definition of
+every limit, so nothing a sender was allowed to seal is dropped by the recipient for its size.
+
 Field types understood: ``int`` (never ``bool``), ``bool``, ``bytes``, ``str``, an ``IntEnum``,
 another ``Struct``, ``tuple[X, ...]`` of any of these, and ``X | None``.
 """
@@ -27,7 +33,7 @@ from typing import Any, ClassVar, Self, TypeVar
 
 import cbor2
 
-from sealwire.errors import DecodeError
+from sealwire.errors import DecodeError, EncodeError
 
 __all__ = [
     "MAX_DEPTH",
@@ -102,6 +108,9 @@ class _FieldSpec:
     """Checks one decoded value against the field's type and bounds and converts it."""
     plain: Convert | None
     """Turns the field's value into the CBOR data model (``None``: it already is)."""
+    check: Convert | None
+    """Raises :class:`EncodeError` for a value the decoder would refuse (``None``: no bounds
+    beyond the type, or a nested structure that checks itself)."""
 
 
 class Struct:
@@ -133,7 +142,12 @@ class Struct:
                 if not spec.optional:
                     raise ValueError(f"{type(self).__name__}.{spec.name} must not be None")
                 continue
-            out[spec.key] = value if spec.plain is None else spec.plain(value)
+            try:
+                if spec.check is not None:
+                    spec.check(value)
+                out[spec.key] = value if spec.plain is None else spec.plain(value)
+            except EncodeError as exc:
+                raise EncodeError(f"{type(self).__name__}.{spec.name}: {exc.reason}") from None
         return out
 
     @classmethod
@@ -186,7 +200,9 @@ def _fields_of(cls: type[Struct]) -> tuple[_FieldSpec, ...]:
                 raise TypeError(f"{cls.__name__}.{f.name}: only X | None unions are supported")
             tp, optional = rest[0], True
         m = f.metadata
-        specs.append(_FieldSpec(f.name, m["key"], optional, _converter(tp, m), _plain(tp)))
+        specs.append(
+            _FieldSpec(f.name, m["key"], optional, _converter(tp, m), _plain(tp), _checker(tp, m))
+        )
     keys = [s.key for s in specs]
     if len(set(keys)) != len(keys):
         raise TypeError(f"{cls.__name__}: duplicate wire keys")
@@ -269,6 +285,51 @@ def _converter(tp: Any, bounds: Mapping[str, Any]) -> Convert:
 
         return convert_string
     raise TypeError(f"unsupported field type {tp!r}")
+
+
+def _checker(tp: Any, bounds: Mapping[str, Any]) -> Convert | None:
+    """Build the function that checks a field value of type ``tp`` before encoding, against
+    the bounds :func:`_converter` enforces on decoding (``None``: nothing to check)."""
+    if (isinstance(tp, type) and issubclass(tp, Struct | enum.IntEnum)) or tp is bool:
+        return None  # a nested structure checks itself in to_value(); an enum member is valid
+    if typing.get_origin(tp) is tuple:
+        item = _checker(typing.get_args(tp)[0], bounds)
+        max_items = bounds["max_items"]
+
+        def check_tuple(value: Any) -> None:
+            if max_items is not None and len(value) > max_items:
+                raise EncodeError(f"{len(value)} items, more than {max_items}")
+            if item is not None:
+                for element in value:
+                    item(element)
+
+        return check_tuple
+    if tp is int:
+        low = bounds["min_value"] if bounds["min_value"] is not None else _INT_MIN
+        high = bounds["max_value"] if bounds["max_value"] is not None else _INT_MAX
+
+        def check_int(value: Any) -> None:
+            if not low <= value <= high:
+                raise EncodeError(f"{value} is out of range [{low}, {high}]")
+
+        return check_int
+    if tp is bytes or tp is str:
+        size, max_size = bounds["size"], bounds["max_size"]
+        text = tp is str
+
+        def check_string(value: Any) -> None:
+            if size is not None and len(value) != size:
+                raise EncodeError(f"must be {size} long, not {len(value)}")
+            if max_size is not None and len(value) > max_size:
+                raise EncodeError(f"{len(value)} long, longer than {max_size}")
+            if text and not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise EncodeError("not valid Unicode text (a lone surrogate)") from None
+
+        return check_string
+    return None
 
 
 def encode_value(value: Any) -> bytes:

@@ -15,6 +15,7 @@ Labels: ``directory-answer`` (a :class:`DirectoryAnswer` body), ``policy`` (a :c
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 
@@ -47,11 +48,14 @@ __all__ = [
     "CertificateRenewed",
     "DeviceEntry",
     "DirectoryAnswer",
+    "DirectoryChanged",
     "DirectoryQuery",
     "Policy",
     "PrekeysPublished",
     "PublishPrekeys",
     "RenewCertificate",
+    "ServerRefusal",
+    "ServerRefusalCode",
     "SignedDirectoryAnswer",
     "SignedPolicy",
     "UserEntry",
@@ -195,6 +199,41 @@ class CertificateRenewed(Struct):
     chain: tuple[bytes, ...] = wire(1, max_items=MAX_CHAIN, max_size=MAX_CERTIFICATE_SIZE)
 
 
+MAX_CHANGED_USERS = 64
+
+
+@dataclass(frozen=True)
+class DirectoryChanged(Struct):
+    """Server → device, pushed: these people's entries changed (deprovisioned, a device added
+    or ended). The device drops them from its directory cache at once and asks again when it
+    next needs them; the server sends it to every device that holds one of them in its cache
+    (it remembers whom it answered until the answer's ``expires_at``)."""
+
+    users: tuple[str, ...] = wire(0, max_items=MAX_CHANGED_USERS, max_size=MAX_USERNAME)
+
+
+class ServerRefusalCode(enum.IntEnum):
+    """Why the server refused a request. Wire codes, never reused."""
+
+    MALFORMED = 1
+    """The request did not decode (an older or broken device)."""
+    INVALID = 2
+    """It decoded but does not check out (e.g. a prekey whose signature does not verify)."""
+    NOT_PERMITTED = 3
+    """This device may not ask for that."""
+
+
+@dataclass(frozen=True)
+class ServerRefusal(Struct):
+    """Server → device: the request with this id is refused. Every request that carries a
+    ``request_id`` gets an answer: its result, or this (so a device never waits in vain)."""
+
+    request_id: bytes = wire(0, size=REQUEST_ID_SIZE)
+    code: ServerRefusalCode = wire(1)
+    reason: str = wire(2, max_size=200)
+    """For the person at the device: what was wrong (never secret)."""
+
+
 DIRECTORY_MESSAGES = Variants(
     "directory message",
     {
@@ -204,6 +243,8 @@ DIRECTORY_MESSAGES = Variants(
         4: PrekeysPublished,
         5: RenewCertificate,
         6: CertificateRenewed,
+        7: DirectoryChanged,
+        8: ServerRefusal,
     },
 )
 """The bodies of ``DIRECTORY`` envelopes: ``[code, body]``, codes never reused."""

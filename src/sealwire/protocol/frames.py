@@ -156,6 +156,9 @@ class ErrorCode(enum.StrEnum):
     """No enterprise server with that address is registered here (per request or closes)."""
     UNAVAILABLE = "unavailable"
     """The relay cannot store the envelope right now; retry later (per request)."""
+    RECIPIENT_REVOKED = "recipient-revoked"
+    """The sender's own organisation revoked the recipient's address: the envelope is not
+    queued and never will be; do not retry (per request)."""
     SHUTDOWN = "shutdown"
     """The relay is going away; reconnect elsewhere or later (closes)."""
     INTERNAL = "internal"
@@ -165,7 +168,13 @@ class ErrorCode(enum.StrEnum):
 ERROR_CODES: Final = frozenset(code.value for code in ErrorCode)
 
 REQUEST_ERROR_CODES: Final = frozenset(
-    {ErrorCode.RATE_LIMITED, ErrorCode.QUEUE_FULL, ErrorCode.UNKNOWN_SERVER, ErrorCode.UNAVAILABLE}
+    {
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.QUEUE_FULL,
+        ErrorCode.UNKNOWN_SERVER,
+        ErrorCode.UNAVAILABLE,
+        ErrorCode.RECIPIENT_REVOKED,
+    }
 )
 """The codes that may refuse one request (an :class:`Error` with a ``ref``); the others end the
 session."""

@@ -32,7 +32,13 @@ from typing import Final, Generic, TypeVar
 
 import cbor2
 
-from sealwire.errors import DecodeError, InvalidCertificate, InvalidSignature, LocalProtocolError
+from sealwire.errors import (
+    DecodeError,
+    EncodeError,
+    InvalidCertificate,
+    InvalidSignature,
+    LocalProtocolError,
+)
 from sealwire.protocol.envelope import peek_recipient
 from sealwire.protocol.frames import (
     MAX_ACK_IDS,
@@ -365,8 +371,8 @@ class _Machine(Generic[S]):
             data = encode_frame(frame)
             if len(data) > MAX_FRAME_SIZE:
                 raise DecodeError(f"frame larger than {MAX_FRAME_SIZE} bytes")
-        except (DecodeError, ValueError, TypeError, cbor2.CBOREncodeError) as exc:
-            detail = exc.reason if isinstance(exc, DecodeError) else str(exc)
+        except (DecodeError, EncodeError, ValueError, TypeError, cbor2.CBOREncodeError) as exc:
+            detail = exc.reason if isinstance(exc, DecodeError | EncodeError) else str(exc)
             raise LocalProtocolError(
                 f"{self._ROLE} session: invalid {type(frame).__name__}: {detail}"
             ) from None

@@ -240,6 +240,11 @@ class RelayBackend(abc.ABC):
     async def is_revoked(self, organisation: bytes, address: bytes) -> bool:
         """Whether ``organisation`` revoked ``address``."""
 
+    @abc.abstractmethod
+    def revoked_now(self, organisation: bytes, address: bytes) -> bool:
+        """Whether ``organisation`` revoked ``address``, as this node knows it now: no I/O,
+        for the send path (an envelope to a revoked address is refused, not queued)."""
+
     # --- activation routing between nodes -----------------------------------------------
 
     async def attach(self, key: bytes, route: ActivationRoute) -> Callable[[], Awaitable[None]]:

@@ -1415,6 +1415,9 @@ class NatsBackend(RelayBackend):
         self._require_nc()
         return (organisation, address) in self._revoked
 
+    def revoked_now(self, organisation: bytes, address: bytes) -> bool:
+        return (organisation, address) in self._revoked
+
     # --- KV watch handlers (other nodes' changes, and the initial load) ------------------
 
     def _on_bytes_entry(self, key: str, value: bytes, revision: int, initial: bool) -> None:

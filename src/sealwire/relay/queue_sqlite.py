@@ -449,6 +449,10 @@ class SqliteBackend(RelayBackend):
         self._open_loop()
         return (organisation, address) in self._revoked
 
+    def revoked_now(self, organisation: bytes, address: bytes) -> bool:
+        """See :meth:`RelayBackend.revoked_now`."""
+        return (organisation, address) in self._revoked
+
     # --- the loop side of the threads -------------------------------------------------------
 
     def _open_loop(self) -> asyncio.AbstractEventLoop:

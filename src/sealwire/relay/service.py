@@ -490,6 +490,12 @@ class Relay:
                     self._refuse_request(link, event.ref, ErrorCode.RATE_LIMITED, "slow down")
                     continue
                 assert link.peer is not None
+                if self.backend.revoked_now(link.peer.organisation, event.recipient):
+                    # The sender's own organisation ended that device: say so, queue nothing.
+                    self._refuse_request(
+                        link, event.ref, ErrorCode.RECIPIENT_REVOKED, "recipient revoked"
+                    )
+                    continue
                 link.submitted_at[event.ref] = time.perf_counter()
                 try:
                     stored = self.backend.enqueue_later(

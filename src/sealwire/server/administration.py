@@ -366,6 +366,7 @@ class Administration:
         for signed in wipes:
             await self._server.push_command(signed)
         await self._server.send_revocations()
+        await self._server.directory_changed([username])  # peers' caches drop the person now
         return self.user(username)
 
     def enable_user(self, actor: str, username: str) -> UserView:
@@ -613,6 +614,7 @@ class Administration:
             # A connected device gets a moment to erase itself and say so; then (or at once,
             # if the server restarts) the relay refuses it whatever it does.
             self._server.revoke_soon(WIPE_REVOCATION_DELAY_S)
+            await self._server.directory_changed([row.username])
         return self.command_status(signed.command.command_id.hex())
 
     def _queue_command(

@@ -44,16 +44,20 @@ from sealwire.protocol.activation import (
     normalise_password,
     ticket_to_text,
 )
-from sealwire.protocol.codec import Struct
+from sealwire.protocol.codec import Struct, decode_value
 from sealwire.protocol.directory import (
+    REQUEST_ID_SIZE,
     ActivationDirectory,
     CertificateRenewed,
     DeviceEntry,
     DirectoryAnswer,
+    DirectoryChanged,
     DirectoryQuery,
     PrekeysPublished,
     PublishPrekeys,
     RenewCertificate,
+    ServerRefusal,
+    ServerRefusalCode,
     SignedDirectoryAnswer,
     SignedPolicy,
     UserEntry,
@@ -372,8 +376,12 @@ class EnterpriseServer:
             for task in (deliveries, activations):
                 with contextlib.suppress(BaseException):
                     await task
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    log.error("server task failed", exc_info=task.exception())
+                failure = task.exception() if task.done() and not task.cancelled() else None
+                if isinstance(failure, SessionEnded | TransportError):
+                    # The relay went away while we answered: an expected end, not a bug.
+                    log.info("relay link ended while answering", extra={"reason": str(failure)})
+                elif failure is not None:
+                    log.error("server task failed", exc_info=failure)
 
     # --- envelopes to the server ------------------------------------------------------------
 
@@ -419,6 +427,8 @@ class EnterpriseServer:
         if device is not None and device.state == "pending":
             self.store.confirm_device(device.address)
             device = self.store.device(sender.subject)
+            if device is not None:  # listed from now on: caches holding its person go stale
+                self._spawn(self.directory_changed([device.username]))
         if device is not None and opened.payload_type in _MANAGEMENT_TYPES:
             await self._handle_management(conn, device, opened)
             return
@@ -431,16 +441,33 @@ class EnterpriseServer:
             message = decode_directory_message(opened.body)
         except DecodeError as exc:
             log.info("malformed directory message", extra={"reason": exc.reason})
+            await self._refuse(conn, device, opened.body, ServerRefusalCode.MALFORMED, exc.reason)
             return
         answer: bytes | None = None
         if isinstance(message, DirectoryQuery):
-            answer = self._answer_query(message)
+            answer = self._answer_query(device, message)
         elif isinstance(message, PublishPrekeys):
             answer = self._publish_prekeys(device, message)
         elif isinstance(message, RenewCertificate):
             answer = self._renew(device, message)
         if answer is not None:
             await conn.send(self._seal_to(device, answer))
+
+    async def _refuse(
+        self,
+        conn: RelayConnection,
+        device: DeviceRecord,
+        body: bytes,
+        code: ServerRefusalCode,
+        reason: str,
+    ) -> None:
+        """Answer a request we cannot carry out with a :class:`ServerRefusal`, so the device
+        is told at once rather than waiting in vain (when its request id can be read)."""
+        request_id = _request_id_of(body)
+        if request_id is None:
+            return
+        refusal = ServerRefusal(request_id=request_id, code=code, reason=reason[:200])
+        await conn.send(self._seal_to(device, encode_directory_message(refusal)))
 
     # --- device management ------------------------------------------------------------------
 
@@ -453,6 +480,10 @@ class EnterpriseServer:
             message = decode_management_message(opened.payload_type, opened.body)
         except DecodeError as exc:
             log.info("malformed management message", extra={"reason": exc.reason})
+            if device.state in ("pending", "active"):
+                await self._refuse(
+                    conn, device, opened.body, ServerRefusalCode.MALFORMED, exc.reason
+                )
             return
         now = self._clock()
         if isinstance(message, FetchRemoteSecret):
@@ -479,6 +510,11 @@ class EnterpriseServer:
             return None
         sender = opened.sender.body
         device = self.store.device(sender.subject) if sender.role is Role.DEVICE else None
+        if device is not None and isinstance(message, CommandResult):
+            # A device cut off by the relay (deprovisioned right after its wipe was pushed)
+            # acknowledges through this channel before it erases itself. Nothing is answered.
+            self._command_result(device, message, self._clock())
+            return None
         if device is None or not isinstance(message, FetchRemoteSecret):
             return None
         try:
@@ -621,7 +657,9 @@ class EnterpriseServer:
             if device is not None:
                 await self._push(device, policy)
 
-    async def _push(self, device: DeviceRecord, message: Struct) -> None:
+    async def _push(self, device: DeviceRecord, message: bytes | Struct) -> None:
+        """Seal a directory message (encoded) or a management message to a device and hand
+        it to the relay, if the link is up (best effort: every push has a fallback)."""
         conn = self._conn
         if conn is None or conn.closed or not device.prekeys:
             return
@@ -629,6 +667,32 @@ class EnterpriseServer:
             await conn.send(self._seal_to(device, message))
         except SealwireError as exc:
             log.warning("push not sent", extra={"reason": str(exc), **_dev(device.address)})
+
+    async def directory_changed(self, usernames: list[str]) -> None:
+        """Tell every device that may hold one of these people's entries in its directory
+        cache to drop it (deprovisioning, a device listed or ended): peers learn it at once,
+        not when their caches expire. Devices offline now get it from the relay's queue."""
+        if not usernames:
+            return
+        held = self.store.holders(usernames, now=self._clock() // 1000)
+        for address, names in held.items():
+            device = self.store.device(address)
+            if device is None or device.state != "active":
+                continue
+            changed = DirectoryChanged(users=tuple(sorted(names)))
+            await self._push(device, encode_directory_message(changed))
+
+    def _spawn(self, coroutine: Any) -> None:
+        """Run ``coroutine`` in the background until :meth:`stop`; a failure is logged."""
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._tasks.append(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
 
     async def send_revocations(self) -> None:
         """Hand the relay every revocation it has not confirmed yet (on each connection and
@@ -655,9 +719,7 @@ class EnterpriseServer:
             await asyncio.sleep(delay_s)
             await self.send_revocations()
 
-        task = asyncio.create_task(later())
-        self._tasks.append(task)
-        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        self._spawn(later())
 
     # --- helpers for the administration layer -------------------------------------------------
 
@@ -675,8 +737,13 @@ class EnterpriseServer:
         if lifetime_s is not None and not 60 <= lifetime_s <= MAX_TICKET_LIFETIME_S:
             raise ConfigError("an activation password lives between one minute and 30 days")
 
-    def _answer_query(self, query: DirectoryQuery) -> bytes:
+    def _answer_query(self, asker: DeviceRecord, query: DirectoryQuery) -> bytes:
         now_s = self._clock() // 1000
+        with self.store.db.transaction() as conn:
+            # The asking device's policy says how long it may keep the answer (DESIGN §8).
+            cache_s = effective_policy(
+                self.store, conn, self.store.user_id(conn, asker.username)
+            ).settings.directory_cache_s
         names = list(dict.fromkeys(query.users))
         found = {record.username: record for record in self.store.users(names)}
         devices = self.store.devices_of(
@@ -701,13 +768,16 @@ class EnterpriseServer:
             request_id=query.request_id,
             organisation=self.organisation,
             issued_at=now_s,
-            expires_at=now_s + self.config.directory_cache_s,
+            expires_at=now_s + cache_s,
             entries=entries,
             unknown=tuple(n for n in names if n not in {e.user for e in entries}),
         )
+        # Devices cache only entries with a device; remember who holds which, to tell them.
+        held = [entry.user for entry in entries if entry.devices]
+        self.store.hold_entries(asker.address, held, now_s + cache_s)
         return encode_directory_message(SignedDirectoryAnswer.sign(answer, self._identity))
 
-    def _publish_prekeys(self, device: DeviceRecord, message: PublishPrekeys) -> bytes | None:
+    def _publish_prekeys(self, device: DeviceRecord, message: PublishPrekeys) -> bytes:
         now_s = self._clock() // 1000
         checked: list[tuple[int, bytes, int]] = []
         for encoded in message.prekeys:
@@ -715,10 +785,10 @@ class EnterpriseServer:
                 signed = verify_prekey(encoded, device.identity_key, now=now_s)
             except CryptoError:
                 log.info("refused a prekey that does not verify", extra=_dev(device.address))
-                return None
+                return _refusal(message.request_id, "a prekey does not verify")
             checked.append((signed.prekey.prekey_id, encoded, signed.prekey.not_after))
         if not checked:
-            return None
+            return _refusal(message.request_id, "no prekey to publish")
         self.store.publish_prekeys(device.address, checked)
         return encode_directory_message(PrekeysPublished(request_id=message.request_id))
 
@@ -1049,6 +1119,26 @@ def _renew_server_certificate(
 
 def _short(keys: ServerKeys) -> str:
     return short_address(address_of(keys.root.public_key))
+
+
+def _refusal(request_id: bytes, reason: str) -> bytes:
+    return encode_directory_message(
+        ServerRefusal(request_id=request_id, code=ServerRefusalCode.INVALID, reason=reason)
+    )
+
+
+def _request_id_of(body: bytes) -> bytes | None:
+    """The ``request_id`` (field 0) of a ``[code, {0: id, ...}]`` request that did not decode
+    as a whole, if that much of it is well-formed."""
+    try:
+        value = decode_value(body, max_size=len(body))
+    except DecodeError:
+        return None
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[1], dict):
+        request_id = value[1].get(0)
+        if type(request_id) is bytes and len(request_id) == REQUEST_ID_SIZE:
+            return request_id
+    return None
 
 
 def _dev(address: bytes) -> dict[str, str]:

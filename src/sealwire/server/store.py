@@ -163,6 +163,16 @@ revocations = sa.Table(
 """Addresses the relay must refuse, until the relay has confirmed each (nothing lost while the
 relay link is down)."""
 
+holders = sa.Table(
+    "directory_holders",
+    metadata,
+    sa.Column("username", sa.String(64), primary_key=True),
+    sa.Column("address", sa.LargeBinary, primary_key=True),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+)
+"""Which device may hold whose directory entry in its cache, and until when (Unix seconds):
+the devices a :class:`~sealwire.protocol.directory.DirectoryChanged` must reach."""
+
 _V1 = ("settings", "users", "tickets", "devices", "prekeys", "seen_envelopes")
 
 
@@ -181,11 +191,16 @@ def _create_v2(conn: sa.Connection) -> None:
     create_account_tables(conn)
 
 
+def _create_v3(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[holders])
+
+
 MIGRATIONS = (
     Migration(1, "people, tickets, devices, prekeys, seen envelopes", _create_v1),
     Migration(
         2, "device management: policies, groups, commands, audit, administrators", _create_v2
     ),
+    Migration(3, "directory holders: whom to tell when a person's entry changes", _create_v3),
 )
 
 
@@ -524,6 +539,40 @@ class ServerStore:
                         address=address, prekey_id=prekey_id, signed=signed, not_after=not_after
                     )
                 )
+
+    # --- who holds whose directory entry ------------------------------------------------------
+
+    def hold_entries(self, address: bytes, usernames: Sequence[str], expires_at: int) -> None:
+        """The device at ``address`` was given these people's entries, to cache until
+        ``expires_at`` (Unix seconds). Holders whose caches have expired are forgotten."""
+        if not usernames:
+            return
+        dialect = sqlite_dialect if self.db.dialect == "sqlite" else pg_dialect
+        rows = [{"username": n, "address": address, "expires_at": expires_at} for n in usernames]
+        insert = dialect.insert(holders)
+        with self.db.transaction() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["username", "address"],
+                    set_={"expires_at": insert.excluded.expires_at},
+                ),
+                rows,
+            )
+
+    def holders(self, usernames: Sequence[str], *, now: int) -> dict[bytes, list[str]]:
+        """The devices that may still hold one of these people's entries (``now`` in Unix
+        seconds): address → the names it holds. Expired holdings are deleted on the way."""
+        with self.db.transaction() as conn:
+            conn.execute(holders.delete().where(holders.c.expires_at <= now))
+            rows = conn.execute(
+                sa.select(holders.c.address, holders.c.username).where(
+                    holders.c.username.in_(list(usernames))
+                )
+            ).all()
+        found: dict[bytes, list[str]] = {}
+        for address, username in rows:
+            found.setdefault(bytes(address), []).append(username)
+        return found
 
     # --- replay protection for envelopes sent to the server ---------------------------------
 
