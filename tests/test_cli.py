@@ -186,3 +186,13 @@ def test_a_closed_pipe_ends_quietly() -> None:
         os.close(write)
     assert proc.stderr == b""
     assert proc.returncode == EXIT_BROKEN_PIPE
+
+
+@pytest.mark.parametrize("closed", ["<&-", ">&-"])
+def test_closed_standard_streams(tmp_path: pathlib.Path, closed: str) -> None:
+    # libuv (uvloop) used to abort when the loop got descriptor 0 or 1.
+    home = tmp_path / "d"
+    command = f"exec {sys.executable} -m sealwire device --home {home} send bob - {closed}"
+    proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_ERROR
+    assert "no activated device" in _one_line(proc.stderr)

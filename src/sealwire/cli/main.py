@@ -97,12 +97,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
+    _open_standard_streams()
     try:
         parser = _parser()
         args = parser.parse_args(argv)
         _check_input(parser, args)
         result: int = args.func(args)
-        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
     except NotBuiltYet as exc:
         return _fail(str(exc), EXIT_NOT_BUILT)
     except SealwireError as exc:
@@ -130,6 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             EXIT_ERROR,
         )
     return result
+
+
+def _open_standard_streams() -> None:
+    """Started with standard input, output or error closed (``<&-``): /dev/null in its
+    place, so no file the command opens takes descriptor 0, 1 or 2 (libuv aborts on that)
+    and reading standard input finds it empty."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+    if sys.stdin is None:
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 (for the whole run)
 
 
 def _fail(message: str, code: int) -> int:
