@@ -776,6 +776,47 @@ def test_cli_areas_in_human_form(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_cli_listings_escape_what_others_typed(tmp_path: Path) -> None:
+    """Names reach the listings from the server (typed by other administrators, or by an
+    older or a compromised server): nothing in them may control the reader's terminal."""
+    data = tmp_path / "org"
+    name = "Eve\n     9  2026-01-01 00:00:00  admin  account.role  eve\x1b[2J\x9b\u202e"
+
+    async def scenario() -> None:
+        async with serving(data) as (server, _):
+            # Straight to the service: the API itself refuses such names.
+            await server.administration.add_user("admin", "eve", name)
+            for args in (("user", "list"), ("user", "show", "eve"), ("audit", "list")):
+                code, out, err = await sealwire(data, *args)
+                assert code == 0, err
+                for raw in ("\x1b", "\x9b", "\u202e"):
+                    assert raw not in out, args
+                line = next(line for line in out.splitlines() if "Eve" in line)
+                assert "Eve\\n     9  2026" in line  # one line: the forged entry is not one
+            # `audit list | head -1` once head has gone: a quiet end.
+            read, write = os.pipe()
+            os.close(read)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "sealwire",
+                    "admin",
+                    "--data",
+                    str(data),
+                    "audit",
+                    "list",
+                    stdout=write,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+                _, err = await asyncio.wait_for(proc.communicate(), 60)
+            finally:
+                os.close(write)
+            assert err == b"" and proc.returncode == 141
+
+    asyncio.run(scenario())
+
+
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     import datetime
     import ipaddress

@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
-import json
 import os
 import signal
 import sys
@@ -17,7 +15,9 @@ from typing import Any
 
 from sealwire.errors import ConfigError, SealwireError
 
-__all__ = ["add_device_parser", "format_message"]
+from ._text import ask_secret, decode_input, for_terminal, json_line
+
+__all__ = ["CONTINUATION", "add_device_parser", "format_message"]
 
 
 def add_device_parser(sub: Any) -> None:
@@ -67,27 +67,38 @@ def add_device_parser(sub: Any) -> None:
 
 
 def _secret(prompt: str, *, from_stdin: bool) -> str:
+    what = prompt.lower().rstrip(": ")
     if from_stdin:
-        line = sys.stdin.readline()
+        line = sys.stdin.buffer.readline()  # bytes: decoded strictly, never surrogateescape
         if not line:
-            raise ConfigError(f"standard input ended before the {prompt.lower().rstrip(': ')}")
-        return line.rstrip("\r\n")
+            raise ConfigError(f"standard input ended before the {what}")
+        return decode_input(line, f"the {what} on standard input").rstrip("\r\n")
     if not sys.stdin.isatty():
         raise ConfigError("no terminal to ask for secrets: use --password-stdin/--passcode-stdin")
-    return getpass.getpass(prompt)
+    return ask_secret(prompt, f"the {what}")
+
+
+CONTINUATION = "    | "
+"""What starts each further line of a multi-line message in :func:`format_message`. A message
+line starts with ``[``; a sender cannot start a line of their own, since every character that
+could break or rewrite a line is shown escaped (:func:`~sealwire.cli._text.for_terminal`)."""
 
 
 def format_message(record: Any, me: str) -> str:
-    """One line for a person to read."""
+    """A message for a person to read: one line, or, for a message of several lines, its
+    further lines each under it after :data:`CONTINUATION`. Everything the peer or the server
+    chose (names, text) goes through :func:`~sealwire.cli._text.for_terminal`."""
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.sent_at / 1000))
+    lines = record.text.replace("\r\n", "\n").rstrip("\n").split("\n")
+    text = ("\n" + CONTINUATION).join(for_terminal(line) for line in lines)
     if record.outgoing:
         state = record.state.name.lower()
-        return f"[{when}] you → {record.recipient} ({state}): {record.text}"
-    return f"[{when}] {record.sender} → you: {record.text}"
+        return f"[{when}] you → {for_terminal(record.recipient)} ({state}): {text}"
+    return f"[{when}] {for_terminal(record.sender)} → you: {text}"
 
 
 def _as_json(record: Any) -> str:
-    return json.dumps(
+    return json_line(
         {
             "id": record.message_id.hex(),
             "from": record.sender,
@@ -96,8 +107,7 @@ def _as_json(record: Any) -> str:
             "state": record.state.name.lower(),
             "sent_at": record.sent_at,
             "text": record.text,
-        },
-        ensure_ascii=False,
+        }
     )
 
 
@@ -118,15 +128,16 @@ async def _run(args: argparse.Namespace) -> int:
     if args.op == "activate":
         password = _secret("Activation password: ", from_stdin=args.password_stdin)
         passcode = _secret("New passcode for this device: ", from_stdin=args.password_stdin)
-        if not args.password_stdin and getpass.getpass("Again: ") != passcode:
+        if not args.password_stdin and ask_secret("Again: ", "the passcode") != passcode:
             raise ConfigError("the two passcodes differ")
         print("activating (this takes a few seconds)...", file=sys.stderr, flush=True)
         device = await Device.activate(args.home, args.ticket, password, passcode)
         info = device.info()
         device.close()
         print(
-            f"activated: {info.display_name} ({info.user}) of {info.organisation}; "
-            f"device address {_short(info.address)}. The device is unlocked."
+            f"activated: {for_terminal(info.display_name)} ({for_terminal(info.user)}) of "
+            f"{for_terminal(info.organisation)}; device address {_short(info.address)}. "
+            "The device is unlocked."
         )
         return 0
     device = Device.open(args.home)
@@ -148,7 +159,7 @@ async def _with_device(device: Any, args: argparse.Namespace) -> int:
         return 0
     if args.op == "passcode":
         new = _secret("New passcode: ", from_stdin=args.passcode_stdin)
-        if not args.passcode_stdin and getpass.getpass("Again: ") != new:
+        if not args.passcode_stdin and ask_secret("Again: ", "the passcode") != new:
             raise ConfigError("the two passcodes differ")
         await device.change_passcode(new)
         with contextlib.suppress(SealwireError):  # tell the server it complies now
@@ -165,30 +176,35 @@ async def _with_device(device: Any, args: argparse.Namespace) -> int:
             fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(lines)
-            print(f"{len(records)} messages written to {args.output}", file=sys.stderr)
+            where = for_terminal(args.output)
+            print(f"{len(records)} messages written to {where}", file=sys.stderr)
         return 0
     if args.op == "status":
         if device.locked:
-            print(f"home         {device.store.home}\nstate        locked")
+            print(f"home         {for_terminal(str(device.store.home))}\nstate        locked")
             return 0
         info = device.info()
         expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(info.certificate_expires))
         print(
-            f"person       {info.display_name} ({info.user})\n"
-            f"organisation {info.organisation} ({info.organisation_id.hex()[:16]}…)\n"
+            f"person       {for_terminal(info.display_name)} ({for_terminal(info.user)})\n"
+            f"organisation {for_terminal(info.organisation)} "
+            f"({info.organisation_id.hex()[:16]}…)\n"
             f"device       {_short(info.address)}\n"
-            f"relay        {info.relay}\n"
+            f"relay        {for_terminal(info.relay)}\n"
             f"certificate  valid until {expires}\n"
             f"policy       {_policy_line(device)}\n"
             f"state        unlocked"
         )
         return 0
     if args.op == "send":
-        text = sys.stdin.read() if args.text == "-" else args.text
+        if args.text == "-":
+            text = decode_input(sys.stdin.buffer.read(), "the message on standard input")
+        else:
+            text = args.text  # checked by main: valid UTF-8
         if not text.strip():
             raise ConfigError("the message is empty")
         await device.send(args.user, text)
-        print(f"sent to {args.user}")
+        print(f"sent to {for_terminal(args.user)}")
         return 0
     if args.op == "inbox":
         if not args.offline:
@@ -213,15 +229,24 @@ async def _with_device(device: Any, args: argparse.Namespace) -> int:
         return 0
     if args.op == "listen":
         me = device.info().user
-        device.on_message = lambda record: print(
-            _as_json(record) if args.json else format_message(record, me), flush=True
-        )
         stop = asyncio.Event()
+        closed: list[BrokenPipeError] = []
+
+        def show(record: Any) -> None:
+            try:
+                print(_as_json(record) if args.json else format_message(record, me), flush=True)
+            except BrokenPipeError as exc:  # `listen | head`: stop, and main ends quietly
+                closed.append(exc)
+                stop.set()
+
+        device.on_message = show
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        print(f"listening as {me} (Ctrl-C stops)", file=sys.stderr, flush=True)
+        print(f"listening as {for_terminal(me)} (Ctrl-C stops)", file=sys.stderr, flush=True)
         await device.listen(stop)
+        if closed:
+            raise closed[0]
         return 0
     raise ConfigError(f"unknown device command {args.op}")
 
@@ -235,7 +260,7 @@ def _policy_line(device: Any) -> str:
         else "does not comply: "
         + ", ".join(issue.name.lower().replace("_", " ") for issue in issues)
     )
-    return f"{policy.name} v{policy.version} ({state})"
+    return f"{for_terminal(policy.name)} v{policy.version} ({state})"
 
 
 def _compliance_hint(device: Any) -> None:
@@ -245,7 +270,7 @@ def _compliance_hint(device: Any) -> None:
             f"your organisation's policy asks for a passcode of at least "
             f"{policy.passcode_min_length} characters mixing {policy.passcode_classes} of "
             "lower-case, upper-case, digits and other characters: set one with "
-            f"`sealwire device --home {device.store.home} passcode`",
+            f"`sealwire device --home {for_terminal(str(device.store.home))} passcode`",
             file=sys.stderr,
         )
 

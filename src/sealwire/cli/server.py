@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import getpass
 import json
 import os
 import re
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sealwire.errors import AdminError, AuthenticationFailed, ConfigError, TransportError
+
+from ._text import ask_secret, decode_input, for_terminal
 
 __all__ = ["add_server_parsers"]
 
@@ -109,8 +110,8 @@ def _passphrase(config: Any) -> str | None:
         return value
     if not sys.stdin.isatty():
         raise ConfigError("the server's keys need a passphrase: set SEALWIRE_SERVER_PASSPHRASE")
-    value = getpass.getpass("Server passphrase: ")
-    if not sealed.exists() and getpass.getpass("Again: ") != value:
+    value = ask_secret("Server passphrase: ", "the passphrase")
+    if not sealed.exists() and ask_secret("Again: ", "the passphrase") != value:
         raise ConfigError("the two passphrases differ")
     return value
 
@@ -223,6 +224,8 @@ async def _serve_up(args: argparse.Namespace) -> None:
     from sealwire.relay.service import Relay
 
     data = Path(args.data)
+    if data.exists() and not data.is_dir():
+        raise ConfigError(f"the data directory {data} is not a directory: give another --data")
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     relay_config = load_config(
         None,
@@ -617,16 +620,17 @@ def _password(prompt: str, path: str | None, env: str, *, confirm: bool) -> str:
     """A password from a file, the environment, or the terminal (never the command line)."""
     if path is not None:
         try:
-            return Path(path).read_text().rstrip("\r\n")
+            data = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read the password file {path}: {exc.strerror}") from None
+        return decode_input(data, f"the password file {path}").rstrip("\r\n")
     value = os.environ.get(env)
     if value:
         return value
     if not sys.stdin.isatty():
         raise ConfigError(f"no terminal to ask for the password: use --password-file or {env}")
-    value = getpass.getpass(prompt)
-    if confirm and getpass.getpass("Again: ") != value:
+    value = ask_secret(prompt, "the password")
+    if confirm and ask_secret("Again: ", "the password") != value:
         raise ConfigError("the two passwords differ")
     return value
 
@@ -655,10 +659,13 @@ def _cmd_admin(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace, result: Any, text: str | None = None) -> None:
+    """``result`` as JSON (``--json``: json.dumps escapes every non-ASCII character), else
+    ``text`` or its keys and values, made safe for a terminal: the server's answers carry
+    names other administrators typed."""
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     elif text is not None:
-        print(text)
+        print(for_terminal(text))
     elif isinstance(result, dict):
         for key, value in result.items():
             if isinstance(value, dict):
@@ -667,9 +674,9 @@ def _show(args: argparse.Namespace, result: Any, text: str | None = None) -> Non
                 value = ", ".join(str(v) for v in value) or "-"
             elif value is None:
                 value = "-"
-            print(f"{key:<24} {value}")
+            print(for_terminal(f"{key:<24} {value}"))
     else:
-        print(result)
+        print(for_terminal(str(result)))
 
 
 def _table(args: argparse.Namespace, rows: list[Any], columns: list[str], empty: str) -> None:
@@ -690,8 +697,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
+        return for_terminal(",".join(str(v) for v in value)) or "-"
+    return for_terminal(str(value))
 
 
 def _when(seconds: int | None) -> str:
@@ -702,15 +709,16 @@ def _when(seconds: int | None) -> str:
 
 def _print_ticket(result: dict[str, Any], *, added: bool) -> None:
     until = _when(result["expires_at"])
+    username, ticket = for_terminal(result["username"]), for_terminal(result["ticket"])
     if added:
-        print(f"Added {result['username']}.")
+        print(f"Added {username}.")
     print(
         "Activation ticket (not secret; give it to the person):\n"
-        f"  {result['ticket']}\n"
+        f"  {ticket}\n"
         f"One-time activation password (give it separately; valid until {until}):\n"
-        f"  {result['password']}\n"
+        f"  {for_terminal(result['password'])}\n"
         "On the device:\n"
-        f"  sealwire device --home ./{result['username']} activate '{result['ticket']}'"
+        f"  sealwire device --home ./{username} activate '{ticket}'"
     )
 
 
@@ -766,11 +774,12 @@ def _user_list(c: _Client, args: argparse.Namespace) -> int:
         _table(args, rows, [], "no people yet: add one with `sealwire admin user add NAME`")
         return 0
     for user in rows:
-        print(
+        line = (
             f"{user['username']:<20} {user['display_name']:<30} {user['state']:<9} "
             f"{user['devices']} device(s)  policy {user['policy']}"
             + (f"  groups {','.join(user['groups'])}" if user["groups"] else "")
         )
+        print(for_terminal(line))
     return 0
 
 
@@ -881,10 +890,11 @@ def _device_list(c: _Client, args: argparse.Namespace) -> int:
         return 0
     for device in rows:
         compliant = {None: "not reported", True: "compliant", False: "NOT compliant"}
-        print(
+        line = (
             f"{device['username']:<20} {device['short']:<24} {device['state']:<9} "
             f"activated {_when(device['activated_at'])}  {compliant[device['compliant']]}"
         )
+        print(for_terminal(line))
     return 0
 
 
@@ -981,10 +991,11 @@ def _audit_list(c: _Client, args: argparse.Namespace) -> int:
     for entry in rows:
         details = json.dumps(entry["details"], sort_keys=True) if entry["details"] else ""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry["at"] // 1000))
-        print(
+        line = (
             f"{entry['seq']:>6}  {when}  {entry['actor']:<16} {entry['action']:<22} "
-            f"{entry['target']} {details}".rstrip()
+            f"{entry['target']} {details}"
         )
+        print(for_terminal(line.rstrip()))
     return 0
 
 
