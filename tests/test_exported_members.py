@@ -33,6 +33,7 @@ EXPECTED = {
         "Side",
         "Spake2",
         "Spake2Keys",
+        "is_valid_share",
         "password_scalar",
         "scalar_from_seed",
     },

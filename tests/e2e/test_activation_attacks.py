@@ -283,10 +283,11 @@ TAMPERING: list[tuple[str, Tamper, str, int]] = [
         1,
     ),
     (
+        # The device gives up after the server took the run's attempt: spent all the same.
         "server challenge replaced by the identity point",
         _challenge_share(_identity),
         NOT_CONFIRMED,
-        0,
+        1,
     ),
     ("device confirmation flipped", _confirm_flipped, WRONG_PASSWORD, 1),
     ("device's sealed keys flipped", _sealed_keys_flipped, WRONG_PASSWORD, 1),
@@ -334,7 +335,11 @@ def test_tampering_relay_causes_failure_not_a_wrong_key(tmp_path: Path, database
             # and marked the ticket used (it cannot know the answer never arrived); the device
             # refuses the answer and keeps nothing. The server keeps that device *pending*:
             # never in directory answers (nobody seals to a key nobody holds), only listed to
-            # administrators. The person needs a new activation password.
+            # administrators. The person needs a new activation password. (A fresh ticket:
+            # the runs above spent the first one's five attempts.)
+            assert left == 0
+            issued = await server.issue_ticket("carol")
+            ticket_id = ticket_from_text(issued.ticket).ticket_id
             proxy.tamper, proxy.tampered = _answer_flipped, []
             home = tmp_path / "carol-answer"
             with pytest.raises(ActivationFailed, match=NOT_CONFIRMED):

@@ -532,8 +532,8 @@ def test_admin_settings_from_the_environment() -> None:
 
 
 @asynccontextmanager
-async def serving(data: Path) -> AsyncIterator[tuple[EnterpriseServer, AdminApi]]:
-    server = open_server(data, admin_listen="127.0.0.1:0")
+async def serving(data: Path, **settings: Any) -> AsyncIterator[tuple[EnterpriseServer, AdminApi]]:
+    server = open_server(data, admin_listen="127.0.0.1:0", **settings)
     await server.accounts.bootstrap(server.config.server_dir)
     api = AdminApi(server)
     await api.start()
@@ -670,6 +670,104 @@ def test_cli_against_the_api(tmp_path: Path) -> None:
 
             code, out, err = await sealwire(data, "logout")
             assert code == 0 and not token_file.exists()
+
+    asyncio.run(scenario())
+
+
+def test_audit_export_with_an_unreadable_entry(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14, item 5: one entry's details made unparsable in the database. The export
+    writes every other entry, marks that one, and the command exits 1 naming it."""
+    data = tmp_path / "org"
+    kept = tmp_path / "audit.jsonl"
+
+    async def scenario() -> None:
+        async with serving(data, database=database_url) as (server, api):
+            for n in range(4):
+                await server.administration.add_user("system", f"person{n}", f"Person {n}")
+            with server.store.db.transaction() as conn:
+                conn.execute(sa.text("UPDATE audit_log SET details = '{not json' WHERE seq = 3"))
+
+            # Through the API: the whole stream, the bad entry marked in its place.
+            token, _ = await server.accounts.login("admin", _initial_password(server))
+            async with httpx.AsyncClient(base_url=api.url) as client:
+                answer = await client.get(
+                    "/v1/audit/export", headers={"Authorization": f"Bearer {token}"}
+                )
+            assert answer.status_code == 200
+            objects = [json.loads(line) for line in answer.text.splitlines()]
+            total = len(objects)
+            assert total > 6 and [o["seq"] for o in objects] == list(range(1, total + 1))
+            assert objects[-1]["action"] == "audit.export"
+            assert objects[2] == {"seq": 3, "error": "the stored details are not JSON"}
+
+            # Through the command line.
+            code, out, err = await sealwire(data, "audit", "export", "--output", str(kept))
+            assert code == 1, err
+            written = [json.loads(line) for line in kept.read_text().splitlines()]
+            assert err.splitlines() == [
+                "sealwire: audit entry 3 could not be read (the stored details are not JSON); "
+                f"the other {len(written) - 1} entries were written to {kept}"
+            ]
+            assert [o["seq"] for o in written] == list(range(1, len(written) + 1))
+            assert len(written) > total
+            assert written[2] == {"seq": 3, "error": "the stored details are not JSON"}
+            assert all("error" not in o for i, o in enumerate(written) if i != 2)
+            # To standard output likewise: every line, then the one message.
+            code, out, err = await sealwire(data, "audit", "export")
+            assert code == 1 and len(out.splitlines()) > len(written)
+            assert err.startswith("sealwire: audit entry 3 could not be read")
+            assert len(err.splitlines()) == 1
+            code, out, err = await sealwire(data, "audit", "verify")
+            assert code == 1 and "BROKEN at entry 3" in out
+
+    asyncio.run(scenario())
+    assert "response already started" not in caplog.text
+    assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+
+
+def _initial_password(server: EnterpriseServer) -> str:
+    return (server.config.server_dir / "initial-admin-password").read_text().strip()
+
+
+def test_audit_export_cut_short_is_not_a_missing_server(tmp_path: Path) -> None:
+    """A server that dies mid-export: the lines received are kept and the command says the
+    export was cut short, not that no server is running."""
+    lines = [b'{"seq":1}\n', b'{"seq":2}\n']
+
+    async def died_mid_way(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        for line in lines:
+            writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+        writer.write(b"40\r\n" + b"{" * 10)  # a chunk that never ends
+        await writer.drain()
+        writer.close()
+
+    kept = tmp_path / "audit.jsonl"
+
+    async def scenario() -> None:
+        listener = await asyncio.start_server(died_mid_way, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        async with listener:
+            code, _, err = await sealwire(
+                tmp_path / "org",
+                "--url",
+                f"http://127.0.0.1:{port}",
+                "audit",
+                "export",
+                "--output",
+                str(kept),
+                env={"SEALWIRE_ADMIN_TOKEN": "t"},
+            )
+        assert code == 1
+        (message,) = err.splitlines()
+        assert message.startswith("sealwire: the audit export was cut short after 2 entries")
+        assert f"the 2 entries received were written to {kept}" in message
+        assert "no enterprise server" not in message
+        assert kept.read_text() == "".join(line.decode() for line in lines)
 
     asyncio.run(scenario())
 

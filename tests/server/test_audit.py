@@ -569,6 +569,53 @@ def test_malformed_export_line_is_named(exported: list[str], garbage: str, reaso
     assert verdict.reason.startswith(reason)
 
 
+def test_export_marks_an_unreadable_entry_and_goes_on(log: AuditLog, db: Database) -> None:
+    _fill(log, db, 5)
+    _update(db, 3, details="{not json")
+    _update(db, 4, details="[1]")
+    lines = list(log.export_lines())
+    assert all(line.isascii() and "\n" not in line for line in lines)
+    objects = [json.loads(line) for line in lines]
+    assert [o["seq"] for o in objects] == [1, 2, 3, 4, 5]
+    assert objects[2] == {"seq": 3, "error": "the stored details are not JSON"}
+    assert objects[3] == {"seq": 4, "error": "the stored details are not a JSON object"}
+    assert objects[4] == log.entries(after=4)[0].to_json()
+    _broken(
+        verify_exported(lines, SIGNER.public_key),
+        3,
+        "line 3: entry 3 could not be read when exported (the stored details are not JSON)",
+    )
+    # The line as a reader of the file meets it: out of place, it is named as such.
+    _broken(verify_exported([lines[0], lines[2]], SIGNER.public_key), 2, "entry 2 is missing")
+
+
+def test_export_cut_short_by_the_database_ends_with_a_marker(
+    log: AuditLog, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sealwire.server import audit
+
+    _fill(log, db, 3)
+    monkeypatch.setattr(audit, "_PAGE", 2)
+    real = db.transaction
+    calls = itertools.count()
+
+    def failing() -> Any:
+        if next(calls) == 1:
+            raise StorageError("the database at test failed")
+        return real()
+
+    monkeypatch.setattr(db, "transaction", failing)
+    lines = list(log.export_lines())
+    assert [json.loads(line) for line in lines[:2]] == [e.to_json() for e in log.entries()[:2]]
+    assert json.loads(lines[2]) == {"error": "the server could not read the log after entry 2"}
+    assert len(lines) == 3
+    _broken(
+        verify_exported(lines, SIGNER.public_key),
+        3,
+        "line 3: the export was cut short (the server could not read the log after entry 2)",
+    )
+
+
 # --- property --------------------------------------------------------------------------------
 
 _SECRET_WORDS = ("password", "passcode", "secret", "token", "key")

@@ -13,10 +13,17 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sealwire.errors import AdminError, AuthenticationFailed, ConfigError, TransportError
+from sealwire.errors import (
+    AdminError,
+    AuthenticationFailed,
+    ConfigError,
+    StorageError,
+    TransportError,
+)
 
 from ._text import ask_secret, decode_input, for_terminal
 
@@ -504,22 +511,45 @@ class _Client:
             response = self._send(method, path, body, params, headers)
         return self._answer(response)
 
-    def stream(self, path: str) -> Any:
+    def stream(self, path: str) -> Iterator[str]:
+        """The lines of a streamed answer, once it started (HTTP 200).
+
+        Raises:
+            TransportError: before the answer, the server cannot be reached; while iterating,
+                the answer broke off (the message says so, not that no server is running).
+            AdminError: the answer is an HTTP error status.
+        """
         import httpx
 
         token = self._token()
         headers = {"Authorization": f"Bearer {token[0]}"} if token else {}
+        client = httpx.Client(base_url=self.url, verify=self.verify, timeout=60)
         try:
-            with (
-                httpx.Client(base_url=self.url, verify=self.verify, timeout=60) as client,
-                client.stream("GET", path, headers=headers) as response,
-            ):
-                if response.status_code != 200:
-                    response.read()
-                    self._answer(response)
-                yield from response.iter_lines()
+            response = client.send(client.build_request("GET", path, headers=headers), stream=True)
         except httpx.TransportError as exc:
+            client.close()
             raise self._unreachable(exc) from None
+        try:
+            if response.status_code != 200:
+                response.read()
+                self._answer(response)
+        except BaseException:
+            response.close()
+            client.close()
+            raise
+        return self._lines(client, response)
+
+    @staticmethod
+    def _lines(client: Any, response: Any) -> Iterator[str]:
+        import httpx
+
+        try:
+            yield from response.iter_lines()
+        except httpx.HTTPError as exc:
+            raise TransportError(f"the server's answer broke off: {exc}") from None
+        finally:
+            response.close()
+            client.close()
 
     def _send(self, method: str, path: str, body: Any, params: Any, headers: dict[str, str]) -> Any:
         import httpx
@@ -1015,17 +1045,50 @@ def _audit_verify(c: _Client, args: argparse.Namespace) -> int:
 
 def _audit_export(c: _Client, args: argparse.Namespace) -> int:
     lines = c.stream("/v1/audit/export")
-    if args.output is None:
-        for line in lines:
-            print(line)
-        return 0
-    count = 0
-    with open(args.output, "w", encoding="ascii") as out:
-        for line in lines:
-            out.write(line + "\n")
-            count += 1
-    print(f"Wrote {count} entries to {args.output}.", file=sys.stderr)
+    where = "" if args.output is None else f" to {args.output}"
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout
+        if args.output is not None:
+            out = stack.enter_context(open(args.output, "w", encoding="ascii"))
+        count, unreadable, cut = 0, [], None
+        try:
+            for line in lines:
+                out.write(line + "\n")  # every line, a marked one too: the file shows where
+                marker = _export_marker(line)
+                if marker is None:
+                    count += 1
+                elif marker.get("seq") is None:
+                    cut = str(marker["error"])
+                else:
+                    unreadable.append((marker["seq"], str(marker["error"])))
+        except TransportError as exc:
+            cut = str(exc)
+    if cut is not None:
+        raise TransportError(
+            f"the audit export was cut short after {count} entries ({cut}); the {count} entries "
+            f"received were written{where}; export again"
+        )
+    if unreadable:
+        seqs = ", ".join(str(seq) for seq, _ in unreadable)
+        reasons = "; ".join(dict.fromkeys(reason for _, reason in unreadable))
+        which = f"entry {seqs}" if len(unreadable) == 1 else f"entries {seqs}"
+        raise StorageError(
+            f"audit {which} could not be read ({reasons}); the other {count} entries were "
+            f"written{where}"
+        )
+    if args.output is not None:
+        print(f"Wrote {count} entries to {args.output}.", file=sys.stderr)
     return 0
+
+
+def _export_marker(line: str) -> dict[str, Any] | None:
+    """A line of the export marking what the server could not export (``{"error"}``, with
+    the entry's ``seq`` or without one if the export stopped), or ``None`` for an entry."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) and "error" in obj else None
 
 
 _HANDLERS: dict[tuple[str, str | None], Any] = {

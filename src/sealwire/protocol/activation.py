@@ -57,6 +57,7 @@ from sealwire.protocol.pake import (
     Side,
     Spake2,
     Spake2Keys,
+    is_valid_share,
     password_scalar,
 )
 from sealwire.protocol.suite import (
@@ -710,16 +711,17 @@ class ServerActivation(_Machine[ServerState, ServerInput]):
 
     Usage::
 
-        run = ServerActivation(server_address, password_scalars=store.scalar_for_ticket,
+        run = ServerActivation(server_address, password_scalars=store.take_attempt,
                                random=os.urandom)
         for event in run.receive(data):
-            if isinstance(event, PasswordRejected): store.count_attempt(event.ticket_id)
+            if isinstance(event, PasswordRejected): log_failure(event.ticket_id)
             if isinstance(event, DeviceKeysReceived): run.send_answer(issue(event))
         send(run.data_to_send())
 
-    Handle the events of each :meth:`receive` before sending what :meth:`data_to_send`
-    returns: in particular record a :class:`PasswordRejected` durably first, so that a crash
-    cannot hand back an attempt that the refusal already revealed as failed.
+    ``password_scalars`` is asked once per run, only for a start with a valid share: count
+    the attempt there, durably and atomically, before returning ``w``. Then runs started at
+    once against one ticket check at most its attempts between them, and neither a crash nor
+    an abandoned run hands an attempt back.
     """
 
     role = "server"
@@ -735,9 +737,9 @@ class ServerActivation(_Machine[ServerState, ServerInput]):
 
         Args:
             server_address: this server's address (SPAKE2 identity ``B``).
-            password_scalars: returns the stored ``w`` of a ticket id (see
-                :meth:`ActivationTicket.password_scalar`), or ``None`` if the ticket is
-                unknown, expired or burned.
+            password_scalars: takes one attempt from a ticket id and returns its stored
+                ``w`` (see :meth:`ActivationTicket.password_scalar`), or ``None`` if the
+                ticket is unknown, expired, burned or has no attempt left.
             random: source of the 64 bytes of the ephemeral scalar.
         """
         super().__init__(ServerState.AWAIT_START, SERVER_TRANSITIONS)
@@ -772,6 +774,8 @@ class ServerActivation(_Machine[ServerState, ServerInput]):
 
     def _on_start(self, message: ActivationStart) -> list[ActivationEvent]:
         self.ticket_id = message.ticket_id
+        if not is_valid_share(message.share):
+            return self._abort("invalid share")  # before asking for w: no attempt taken
         w = self._password_scalars(message.ticket_id)
         if w is None:
             self._transition(ServerInput.TICKET_UNKNOWN)

@@ -74,6 +74,7 @@ __all__ = [
     "Side",
     "Spake2",
     "Spake2Keys",
+    "is_valid_share",
     "password_scalar",
     "scalar_from_seed",
 ]
@@ -149,8 +150,9 @@ def password_scalar(password: str, params: Argon2Params, *, id_a: bytes, id_b: b
     return scalar_from_seed(wide)
 
 
-def _is_valid_share(share: bytes) -> bool:
-    # Canonical, on the curve, not of small order, in the prime-order subgroup.
+def is_valid_share(share: bytes) -> bool:
+    """Whether ``share`` can be a peer's share: canonical, on the curve, not of small order,
+    in the prime-order subgroup (what :meth:`Spake2.finish` requires)."""
     return len(share) == SHARE_SIZE and bool(sodium.crypto_core_ed25519_is_valid_point(share))
 
 
@@ -260,7 +262,7 @@ class Spake2:
             ActivationFailed: if ``peer_share`` is not a valid prime-order point, or ``K``
                 would be the identity.
         """
-        if not _is_valid_share(peer_share):
+        if not is_valid_share(peer_share):
             raise ActivationFailed("invalid SPAKE2 share")
         peer_blind = N if self.side is Side.A else M
         try:

@@ -28,6 +28,15 @@ does the log prove that an action was recorded at all: whoever holds the server'
 code on the server, can act without writing an entry, or write false ones; the log makes later
 tampering evident, not the server honest. ``at`` is the server's clock, not a trusted timestamp.
 
+The export (:meth:`AuditLog.export_lines`) is one JSON object per line, an entry each
+(:meth:`AuditEntry.to_json`), oldest first. Two kinds of line instead mark what the server could
+not export, and :func:`verify_exported` reports either as a break at that point:
+
+* ``{"error": "<why>", "seq": N}``: entry ``N`` is in the database but cannot be read (its stored
+  details are not a JSON object: the log was altered there). Later entries follow.
+* ``{"error": "<why>"}``: the server could not read further (the database failed); it is the
+  last line, and the export is incomplete.
+
 What the log must never hold: secrets. :meth:`AuditLog.append` refuses details whose keys name a
 password, passcode, secret, token or key (at any depth, case-insensitively); it cannot judge
 values, so callers pass names and identifiers, never credentials.
@@ -40,6 +49,7 @@ one chain: on PostgreSQL each append first takes a transaction-scoped advisory l
 from __future__ import annotations
 
 import json
+import logging
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -70,6 +80,8 @@ __all__ = [
     "verify_exported",
 ]
 
+log = logging.getLogger(__name__)
+
 _PURPOSE: Final = "audit-entry"  # labels both the entry hash and the signature over it
 
 GENESIS_HASH: Final = bytes(32)
@@ -96,6 +108,7 @@ _INT_MIN: Final = -(1 << 63)
 _INT_MAX: Final = (1 << 63) - 1
 _PAGE: Final = 1000
 _MAX_LIMIT: Final = 10_000
+_MAX_SHOWN_ERROR: Final = 200
 _HEX: Final = re.compile(r"(?:[0-9a-f]{2})*")
 _EXPORT_FIELDS: Final = frozenset(
     {"seq", "at", "actor", "action", "target", "details", "prev_hash", "entry_hash", "signature"}
@@ -386,13 +399,38 @@ class AuditLog:
         """The whole log as JSON lines, oldest first: one object per entry (:meth:`AuditEntry.
         to_json`), ASCII only, without a line break (join them with ``"\\n"``).
 
-        Check a kept export with :func:`verify_exported`.
-
-        Raises:
-            StorageError: as :meth:`entries`.
+        Never raises once iterating (the lines may be streamed after an answer's status went
+        out): an entry that cannot be read becomes a marked line ``{"error", "seq"}`` and the
+        export goes on; a database failure ends it with a line ``{"error"}`` (see the module
+        documentation). Check a kept export with :func:`verify_exported`.
         """
-        for entry in self.iter_all():
-            yield _export_line(entry.to_json())
+        after = 0
+        while True:
+            try:
+                with self._db.transaction() as conn:
+                    rows = conn.execute(
+                        sa.select(audit_log)
+                        .where(audit_log.c.seq > after)
+                        .order_by(audit_log.c.seq)
+                        .limit(_PAGE)
+                    ).all()
+            except StorageError as exc:
+                log.error("audit export cut short", extra={"after": after, "reason": str(exc)})
+                yield _export_line(
+                    {"error": f"the server could not read the log after entry {after}"}
+                )
+                return
+            for row in rows:
+                try:
+                    entry = _entry_with(row, _stored_details(row.details))
+                except ValueError as exc:
+                    log.warning("audit entry not exported", extra={"seq": int(row.seq)})
+                    yield _export_line({"seq": int(row.seq), "error": str(exc)})
+                else:
+                    yield _export_line(entry.to_json())
+            if len(rows) < _PAGE:
+                return
+            after = int(rows[-1].seq)
 
 
 def verify_exported(lines: Iterable[str], verify_key: bytes) -> AuditVerdict:
@@ -418,12 +456,25 @@ def verify_exported(lines: Iterable[str], verify_key: bytes) -> AuditVerdict:
             fields = _parse_export_line(line)
         except ValueError as exc:
             return checker.failure(checker.expected, f"line {number}: {exc}")
+        if "error" in fields:
+            why = fields["error"]
+            if fields["seq"] is None:
+                return checker.failure(
+                    checker.expected, f"line {number}: the export was cut short ({why})"
+                )
+            if fields["seq"] == checker.expected:
+                return checker.failure(
+                    fields["seq"],
+                    f"line {number}: entry {fields['seq']} could not be read when exported ({why})",
+                )
         if fields["seq"] < checker.expected:
             return checker.failure(
                 checker.expected,
                 f"line {number}: entry {fields['seq']} is out of order "
                 f"(expected entry {checker.expected})",
             )
+        if "error" in fields:  # a later entry marked: the expected one is missing
+            return checker.failure(checker.expected, f"entry {checker.expected} is missing")
         verdict = checker.check(**fields)
         if verdict is not None:
             return verdict
@@ -571,22 +622,34 @@ def _canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _entry_from_row(row: sa.Row[Any]) -> AuditEntry:
-    seq = int(row.seq)
+def _stored_details(text: Any) -> dict[str, Any]:
+    """An entry's details from the stored JSON text.
+
+    Raises:
+        ValueError: saying what is wrong with it (for a person).
+    """
     try:
-        details = json.loads(row.details)
-    except (ValueError, TypeError) as exc:
-        raise StorageError(
-            f"audit entry {seq}: the stored details are not JSON (the log was altered; "
-            "run the audit verification)"
-        ) from exc
+        details = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        raise ValueError("the stored details are not JSON") from None
     if not isinstance(details, dict):
+        raise ValueError("the stored details are not a JSON object")
+    return details
+
+
+def _entry_from_row(row: sa.Row[Any]) -> AuditEntry:
+    try:
+        details = _stored_details(row.details)
+    except ValueError as exc:
         raise StorageError(
-            f"audit entry {seq}: the stored details are not a JSON object (the log was altered; "
-            "run the audit verification)"
-        )
+            f"audit entry {int(row.seq)}: {exc} (the log was altered; run the audit verification)"
+        ) from None
+    return _entry_with(row, details)
+
+
+def _entry_with(row: sa.Row[Any], details: dict[str, Any]) -> AuditEntry:
     return AuditEntry(
-        seq=seq,
+        seq=int(row.seq),
         at=int(row.at),
         actor=str(row.actor),
         action=str(row.action),
@@ -630,6 +693,8 @@ def _parse_export_line(line: str) -> dict[str, Any]:
         raise ValueError(f"not valid JSON ({reason})") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
+    if "error" in obj:
+        return _parse_export_marker(obj)
     if set(obj) != _EXPORT_FIELDS:
         missing = sorted(_EXPORT_FIELDS - set(obj))
         unknown = sorted(set(obj) - _EXPORT_FIELDS)
@@ -660,3 +725,18 @@ def _parse_export_line(line: str) -> dict[str, Any]:
             raise ValueError(f"{name} is not lower-case hex")
         fields[name] = bytes.fromhex(value)
     return fields
+
+
+def _parse_export_marker(obj: dict[str, Any]) -> dict[str, Any]:
+    """``{"error", "seq"}`` of a line marking what the server could not export (``seq`` is
+    ``None`` for an export cut short), the reason made printable and short."""
+    unknown = sorted(set(obj) - {"error", "seq"})
+    if unknown:
+        raise ValueError(f"not an audit entry (unknown {', '.join(unknown)})")
+    error, seq = obj["error"], obj.get("seq")
+    if not isinstance(error, str):
+        raise ValueError("error is not a string")
+    if seq is not None and type(seq) is not int:
+        raise ValueError("seq is not an integer")
+    shown = "".join(c if c.isprintable() else "?" for c in error[:_MAX_SHOWN_ERROR])
+    return {"error": shown, "seq": seq}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import random as _random
@@ -118,7 +119,7 @@ from .administration import (
 from .audit import AuditLog
 from .config import MAX_TICKET_LIFETIME_S, ServerConfig
 from .keystore import ServerKeys, create_key_file, load_keys, save_keys
-from .store import DeviceRecord, ServerStore, TicketState, UnknownUser
+from .store import DeviceRecord, ServerStore, UnknownUser
 
 __all__ = ["EnterpriseServer", "IssuedTicket"]
 
@@ -216,6 +217,8 @@ class EnterpriseServer:
         self._conn: RelayConnection | None = None
         self._connected = asyncio.Event()
         self._runs: dict[bytes, tuple[ServerActivation, float]] = {}
+        self._attempts: dict[bytes, tuple[bytes, int]] = {}
+        """Per run session: the ticket it took an attempt from, and the attempts left then."""
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.activations = 0
@@ -326,6 +329,10 @@ class EnterpriseServer:
                 await task
         if self._conn is not None:
             await self._conn.close()
+        self._runs.clear()
+        for session in list(self._attempts):  # abandoned runs: their attempts are spent
+            with contextlib.suppress(SealwireError):
+                self._end_run(session)
         self.store.close()
         if self._lock is not None:
             os.close(self._lock)
@@ -875,37 +882,39 @@ class EnterpriseServer:
         for session, (_, started) in list(self._runs.items()):
             if now - started > _RUN_LIFETIME_S:
                 del self._runs[session]
+                self._end_run(session)
         entry = self._runs.get(received.session)
         if entry is None:
             if len(self._runs) >= _MAX_RUNS:
                 return []  # the relay rate-limits activations; this bounds memory regardless
             run = ServerActivation(
-                self.address, password_scalars=self._password_scalar, random=self._random
+                self.address,
+                password_scalars=functools.partial(self._password_scalar, received.session),
+                random=self._random,
             )
             self._runs[received.session] = (run, now)
         else:
             run = entry[0]
         for event in run.receive(received.payload):
             if isinstance(event, PasswordRejected):
-                # Durably first: a crash must not hand back an attempt the refusal revealed.
-                left = self.store.count_failed_attempt(event.ticket_id)
+                # Counted when the run took its attempt (before the challenge went out).
+                left = self._attempts.get(received.session, (b"", 0))[1]
                 log.info("wrong activation password", extra={"attempts_left": left})
             elif isinstance(event, DeviceKeysReceived):
                 self._answer_activation(run, event)
         out = run.data_to_send()
         if run.finished:
             self._runs.pop(received.session, None)
+            self._end_run(received.session)
         return out
 
-    def _password_scalar(self, ticket_id: bytes) -> bytes | None:
-        record = self.store.ticket(ticket_id)
-        if (
-            record is None
-            or record.state is not TicketState.OPEN
-            or record.expires_at <= self._clock()
-            or record.attempts_left <= 0
-        ):
+    def _password_scalar(self, session: bytes, ticket_id: bytes) -> bytes | None:
+        # The attempt is taken durably before the scalar is used, so runs started at once
+        # (here or on other instances) check at most the ticket's attempts between them.
+        record = self.store.reserve_attempt(ticket_id, now=self._clock())
+        if record is None:
             return None
+        self._attempts[session] = (ticket_id, record.attempts_left)
         try:
             return open_at_rest(
                 self.keys.ticket_key,
@@ -916,6 +925,16 @@ class EnterpriseServer:
         except CryptoError:
             log.error("an activation ticket does not open under this server's ticket key")
             return None
+
+    def _end_run(self, session: bytes) -> None:
+        """A run ended (done, failed or abandoned): burn its ticket if that run held the last
+        attempt and no other run here still holds one (a successful run used the ticket)."""
+        held = self._attempts.pop(session, None)
+        if held is None:
+            return
+        ticket_id = held[0]
+        if all(other != ticket_id for other, _ in self._attempts.values()):
+            self.store.burn_if_spent(ticket_id)
 
     def _answer_activation(self, run: ServerActivation, event: DeviceKeysReceived) -> None:
         keys = event.device_keys

@@ -216,7 +216,7 @@ class TicketState(enum.Enum):
     OPEN = "open"
     USED = "used"
     BURNED = "burned"
-    """Out of attempts."""
+    """Out of attempts, and no run holds one any more."""
     REVOKED = "revoked"
     """Replaced by a newer ticket for the same person, or withdrawn."""
 
@@ -240,6 +240,18 @@ class TicketRecord:
     expires_at: int
     attempts_left: int
     state: TicketState
+
+
+def _ticket_record(row: sa.Row[Any]) -> TicketRecord:
+    return TicketRecord(
+        ticket_id=bytes(row.ticket_id),
+        user_id=row.user_id,
+        params=bytes(row.params),
+        sealed_scalar=bytes(row.sealed_scalar),
+        expires_at=row.expires_at,
+        attempts_left=row.attempts_left,
+        state=TicketState(row.state),
+    )
 
 
 @dataclass(frozen=True)
@@ -369,26 +381,48 @@ class ServerStore:
     def ticket(self, ticket_id: bytes) -> TicketRecord | None:
         with self.db.transaction() as conn:
             row = conn.execute(sa.select(tickets).where(tickets.c.ticket_id == ticket_id)).first()
-        if row is None:
-            return None
-        return TicketRecord(
-            ticket_id=bytes(row.ticket_id),
-            user_id=row.user_id,
-            params=bytes(row.params),
-            sealed_scalar=bytes(row.sealed_scalar),
-            expires_at=row.expires_at,
-            attempts_left=row.attempts_left,
-            state=TicketState(row.state),
-        )
+        return None if row is None else _ticket_record(row)
 
-    def count_failed_attempt(self, ticket_id: bytes) -> int:
-        """Take one attempt from an open ticket, burning it at zero; return attempts left."""
+    def reserve_attempt(self, ticket_id: bytes, *, now: int) -> TicketRecord | None:
+        """Take one attempt from an open, unexpired ticket that has one left, for a run that is
+        about to check a password; ``None`` if there is none to take.
+
+        One conditional update, so runs racing on any number of server instances sharing the
+        database take at most ``attempts_left`` attempts between them. The attempt is spent
+        whatever the run's outcome. Taking the last one also drops the sealed scalar (the run
+        holds it already); the ticket stays open for runs holding an attempt until
+        :meth:`burn_if_spent`.
+
+        Returns:
+            The ticket as it was read (with the sealed scalar), ``attempts_left`` counting
+            this attempt as taken.
+        """
         with self.db.transaction() as conn:
-            conn.execute(
+            done = conn.execute(
                 tickets.update()
-                .where(tickets.c.ticket_id == ticket_id, tickets.c.state == TicketState.OPEN.value)
+                .where(
+                    tickets.c.ticket_id == ticket_id,
+                    tickets.c.state == TicketState.OPEN.value,
+                    tickets.c.expires_at > now,
+                    tickets.c.attempts_left > 0,
+                )
                 .values(attempts_left=tickets.c.attempts_left - 1)
             )
+            if done.rowcount != 1:
+                return None
+            row = conn.execute(sa.select(tickets).where(tickets.c.ticket_id == ticket_id)).one()
+            if row.attempts_left <= 0:
+                conn.execute(
+                    tickets.update()
+                    .where(tickets.c.ticket_id == ticket_id)
+                    .values(sealed_scalar=b"")
+                )
+        return _ticket_record(row)
+
+    def burn_if_spent(self, ticket_id: bytes) -> None:
+        """Burn an open ticket that has no attempt left (a run holding its last attempt
+        ended without activating a device)."""
+        with self.db.transaction() as conn:
             conn.execute(
                 tickets.update()
                 .where(
@@ -398,10 +432,6 @@ class ServerStore:
                 )
                 .values(state=TicketState.BURNED.value, sealed_scalar=b"")
             )
-            row = conn.execute(
-                sa.select(tickets.c.attempts_left).where(tickets.c.ticket_id == ticket_id)
-            ).first()
-        return 0 if row is None else max(0, int(row[0]))
 
     def activate_device(
         self,
