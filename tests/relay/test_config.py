@@ -66,6 +66,9 @@ def test_unknown_settings_and_bad_values_are_named(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[relay\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml", env={})
+    (tmp_path / "latin1.toml").write_bytes(b"[relay]\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(tmp_path / "latin1.toml", env={})
 
 
 def test_origin_and_relay_id() -> None:

@@ -262,6 +262,8 @@ def load_config(
             raise ConfigError(f"cannot read relay config {file}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"relay config {file} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"relay config {file} is not UTF-8 text") from None
         table = data.get("relay", data)
         if not isinstance(table, dict):
             raise ConfigError(f"relay config {file}: [relay] must be a table")
