@@ -425,7 +425,12 @@ class Device:
         """
         if self._wiped:
             raise DeviceWiped("this device was wiped: activate it again")
-        await in_thread(self.store.unlock_boot, passcode)
+        try:
+            await in_thread(self.store.unlock_boot, passcode)
+        except StorageError:
+            if self._wiped:  # erased meanwhile (a wipe command being carried out)
+                raise DeviceWiped("your organisation has wiped this device") from None
+            raise
         try:
             self._load()
             self.store.set_policy_limits(
@@ -446,6 +451,8 @@ class Device:
         except DeviceWiped:
             raise
         except BaseException:
+            if self._wiped:  # erased meanwhile (a wipe command being carried out)
+                raise DeviceWiped("your organisation has wiped this device") from None
             self.lock()
             raise
 
@@ -538,9 +545,9 @@ class Device:
         self._loaded = False
 
     def _erase(self) -> None:
-        self.store.erase()
+        self._wiped = True  # first: a call racing the erase reports the wipe, not a closed store
         self._loaded = False
-        self._wiped = True
+        self.store.erase()
 
     def close(self) -> None:
         self.store.close()
@@ -863,7 +870,7 @@ class Device:
                 future.add_done_callback(_consume)
             elif future.exception() is not None:
                 log.info(what, extra={"reason": str(future.exception())})
-        if pending:
+        if own in pending:  # not even a plain question answered: the server is away
             log.info("the server has not answered yet; using the cached directory")
             self._server_away = True
             return  # key maintenance needs the server: on a later connection
@@ -942,10 +949,7 @@ class Device:
         """Carry out one command (idempotent: a command done before is only acknowledged)."""
         log.info("command received", extra={"kind": command.kind.name})
         if command.kind is CommandKind.WIPE:
-            # Acknowledge first (best effort, briefly), then erase: afterwards nothing can.
-            await self._acknowledge_wipe(command.command_id)
-            self._erase()
-            self._end(DeviceWiped("your organisation has wiped this device"))
+            await self._wipe(command.command_id)
             return
         if self.store.command_done(command.command_id):
             await self._command_result(command.command_id, CommandStatus.DONE, "done before")
@@ -969,28 +973,33 @@ class Device:
             self.store.mark_command_done(command.command_id, self._clock())
             await self._command_result(command.command_id, CommandStatus.DONE, "keys renewed")
 
-    async def _acknowledge_wipe(self, command_id: bytes) -> None:
-        """Tell the server a wipe is being carried out, within a few seconds at most. A
-        deprovisioned device is cut off by the relay right after its wipe arrives: then the
-        result goes through the relay's activation channel, which still reaches the server."""
+    async def _wipe(self, command_id: bytes) -> None:
+        """Acknowledge a wipe (within a few seconds at most), then erase. A deprovisioned
+        device is cut off by the relay right after its wipe arrives: then the result, sealed
+        while the keys still exist, goes out after the erase through the relay's activation
+        channel, which still reaches the server."""
+        late: bytes | None = None
         try:
             await asyncio.wait_for(
                 self._command_result(command_id, CommandStatus.DONE, "wiped"),
                 _COMMAND_RESULT_WAIT_S,
             )
-            return
         except (SealwireError, TimeoutError):
-            pass
-        result = CommandResult(command_id=command_id, status=CommandStatus.DONE, detail="wiped")
-        envelope = self._seal(
-            self._server_peer, payload_type_of(result), encode_management_message(result)
-        )
+            result = CommandResult(command_id=command_id, status=CommandStatus.DONE, detail="wiped")
+            envelope = self._seal(
+                self._server_peer, payload_type_of(result), encode_management_message(result)
+            )
+            late = encode_message(UnlockRequest(envelope=envelope))
+        relay, server = self._directory.relay, self.server_address
+        self._erase()
+        self._end(DeviceWiped("your organisation has wiped this device"))
+        if late is None:
+            return
         with contextlib.suppress(SealwireError, TimeoutError):
             async with asyncio.timeout(_COMMAND_RESULT_WAIT_S):
-                conn = await RelayConnection.open_for_activation(self._directory.relay)
+                conn = await RelayConnection.open_for_activation(relay)
                 try:
-                    payload = encode_message(UnlockRequest(envelope=envelope))
-                    await conn.send_activation(self._random(16), payload, self.server_address)
+                    await conn.send_activation(self._random(16), late, server)
                     # No answer comes; give the relay a moment to pass it on before closing.
                     await asyncio.sleep(0.5)
                 finally:

@@ -108,9 +108,8 @@ class _FieldSpec:
     """Checks one decoded value against the field's type and bounds and converts it."""
     plain: Convert | None
     """Turns the field's value into the CBOR data model (``None``: it already is)."""
-    check: Convert | None
-    """Raises :class:`EncodeError` for a value the decoder would refuse (``None``: no bounds
-    beyond the type, or a nested structure that checks itself)."""
+    check: Convert
+    """Raises :class:`EncodeError` for a value the decoder would refuse (its type or bounds)."""
 
 
 class Struct:
@@ -143,8 +142,7 @@ class Struct:
                     raise ValueError(f"{type(self).__name__}.{spec.name} must not be None")
                 continue
             try:
-                if spec.check is not None:
-                    spec.check(value)
+                spec.check(value)
                 out[spec.key] = value if spec.plain is None else spec.plain(value)
             except EncodeError as exc:
                 raise EncodeError(f"{type(self).__name__}.{spec.name}: {exc.reason}") from None
@@ -287,28 +285,46 @@ def _converter(tp: Any, bounds: Mapping[str, Any]) -> Convert:
     raise TypeError(f"unsupported field type {tp!r}")
 
 
-def _checker(tp: Any, bounds: Mapping[str, Any]) -> Convert | None:
-    """Build the function that checks a field value of type ``tp`` before encoding, against
-    the bounds :func:`_converter` enforces on decoding (``None``: nothing to check)."""
-    if (isinstance(tp, type) and issubclass(tp, Struct | enum.IntEnum)) or tp is bool:
-        return None  # a nested structure checks itself in to_value(); an enum member is valid
+def _checker(tp: Any, bounds: Mapping[str, Any]) -> Convert:
+    """Build the function that checks a field value of type ``tp`` before encoding: the same
+    type and bounds :func:`_converter` enforces on decoding, so that ``encode`` refuses exactly
+    what the receiver's ``decode`` would (a nested structure checks its own fields when its
+    ``to_value`` runs)."""
+    if isinstance(tp, type) and issubclass(tp, Struct | enum.IntEnum):
+        kind = tp
+
+        def check_member(value: Any) -> None:
+            if not isinstance(value, kind):
+                raise EncodeError(f"expected {kind.__name__}, not {type(value).__name__}")
+
+        return check_member
     if typing.get_origin(tp) is tuple:
         item = _checker(typing.get_args(tp)[0], bounds)
         max_items = bounds["max_items"]
 
         def check_tuple(value: Any) -> None:
+            if type(value) is not tuple:
+                raise EncodeError(f"expected a tuple, not {type(value).__name__}")
             if max_items is not None and len(value) > max_items:
                 raise EncodeError(f"{len(value)} items, more than {max_items}")
-            if item is not None:
-                for element in value:
-                    item(element)
+            for element in value:
+                item(element)
 
         return check_tuple
+    if tp is bool:
+
+        def check_bool(value: Any) -> None:
+            if type(value) is not bool:
+                raise EncodeError(f"expected a boolean, not {type(value).__name__}")
+
+        return check_bool
     if tp is int:
         low = bounds["min_value"] if bounds["min_value"] is not None else _INT_MIN
         high = bounds["max_value"] if bounds["max_value"] is not None else _INT_MAX
 
         def check_int(value: Any) -> None:
+            if type(value) is not int:
+                raise EncodeError(f"expected an integer, not {type(value).__name__}")
             if not low <= value <= high:
                 raise EncodeError(f"{value} is out of range [{low}, {high}]")
 
@@ -316,20 +332,23 @@ def _checker(tp: Any, bounds: Mapping[str, Any]) -> Convert | None:
     if tp is bytes or tp is str:
         size, max_size = bounds["size"], bounds["max_size"]
         text = tp is str
+        kind_name = "text" if text else "bytes"
 
         def check_string(value: Any) -> None:
+            if type(value) is not tp:
+                raise EncodeError(f"expected {kind_name}, not {type(value).__name__}")
             if size is not None and len(value) != size:
                 raise EncodeError(f"must be {size} long, not {len(value)}")
             if max_size is not None and len(value) > max_size:
                 raise EncodeError(f"{len(value)} long, longer than {max_size}")
             if text and not value.isascii():
                 try:
-                    value.encode("utf-8")
+                    typing.cast(str, value).encode("utf-8")
                 except UnicodeEncodeError:
                     raise EncodeError("not valid Unicode text (a lone surrogate)") from None
 
         return check_string
-    return None
+    raise TypeError(f"unsupported field type {tp!r}")
 
 
 def encode_value(value: Any) -> bytes:

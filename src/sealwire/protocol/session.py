@@ -365,9 +365,8 @@ class _Machine(Generic[S]):
                 size out of bounds, a frame over ``MAX_FRAME_SIZE``).
         """
         try:
-            # from_value applies exactly the type and bound checks the peer's decoder applies,
-            # without a CBOR round trip (this is on the relay's delivery path).
-            type(frame).from_value(frame.to_value())
+            # Encoding applies exactly the type and bound checks the peer's decoder applies
+            # (codec.py), without a round trip (this is on the relay's delivery path).
             data = encode_frame(frame)
             if len(data) > MAX_FRAME_SIZE:
                 raise DecodeError(f"frame larger than {MAX_FRAME_SIZE} bytes")
