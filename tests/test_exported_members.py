@@ -20,7 +20,7 @@ EXPECTED = {
     "sealwire.relay.service": {"Relay", "make_backend"},
     "sealwire.relay.metrics": {"RelayMetrics"},
     "sealwire.transport": {"RelayConnection", "RequestRefused", "SessionEnded"},
-    "sealwire.logs": {"JsonFormatter", "configure_logging"},
+    "sealwire.logs": {"JsonFormatter", "LIBRARY_FLOORS", "TextFormatter", "configure_logging"},
     "sealwire.protocol.pake": {
         "CONFIRMATION_AAD",
         "CONFIRMATION_SIZE",

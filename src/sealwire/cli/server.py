@@ -573,7 +573,7 @@ class _Client:
 
     @staticmethod
     def _answer(response: Any) -> Any:
-        from sealwire.errors import AccessDenied, AuthenticationFailed, Conflict, NotFound
+        from sealwire._http_errors import error_from_answer  # the API's own table
 
         try:
             answer = response.json()
@@ -581,10 +581,7 @@ class _Client:
             answer = {"detail": response.text[:200]}
         if response.status_code < 400:
             return answer
-        detail = answer.get("detail") if isinstance(answer, dict) else None
-        message = str(detail or f"the admin API answered HTTP {response.status_code}")
-        kind = {401: AuthenticationFailed, 403: AccessDenied, 404: NotFound, 409: Conflict}
-        raise kind.get(response.status_code, AdminError)(message)
+        raise error_from_answer(response.status_code, answer)
 
     # --- credentials ----------------------------------------------------------------------
 
