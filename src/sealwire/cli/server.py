@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
@@ -173,11 +174,10 @@ async def _wait_for_relay(server: Any) -> None:
             return
         except TimeoutError:
             waited += 5.0
-            print(
-                f"sealwire server: still trying to reach the relay at {server.relay_url} "
-                f"({waited:.0f} s)",
-                file=sys.stderr,
-                flush=True,
+            # A log record, not a bare line: standard error is the JSON log stream.
+            logging.getLogger("sealwire.server").warning(
+                "still trying to reach the relay",
+                extra={"relay": server.relay_url, "waited_s": round(waited)},
             )
 
 
@@ -201,7 +201,7 @@ async def _serve_server(config: Any, passphrase: str | None) -> None:
             waiting.cancel()
         await stop.wait()
     finally:
-        print("sealwire server: stopping", file=sys.stderr, flush=True)
+        logging.getLogger("sealwire.server").info("stopping")
         await api.stop()
         await server.stop()
 
