@@ -131,6 +131,15 @@ EXPECTED = {
         "ReceiptKind",
     },
     "sealwire.server": {"EnterpriseServer", "IssuedTicket", "ServerConfig", "load_server_config"},
+    "sealwire.server.api": {
+        "COMMAND_PERMISSIONS",
+        "MAX_BODY",
+        "URL_FILE",
+        "AdminApi",
+        "Endpoint",
+        "check_bind",
+        "create_app",
+    },
     "sealwire.device": {"Device", "DeviceInfo", "DeviceStore", "MessageRecord", "MessageState"},
     "sealwire.storage": {"Database", "Migration"},
     "sealwire.protocol.frames": {
