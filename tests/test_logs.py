@@ -183,7 +183,7 @@ def test_a_server_process_writes_only_json_lines(tmp_path: Path) -> None:
     assert {"uvicorn.error", "asyncio"} <= loggers, loggers
     requests = [e for e in entries if e["msg"] == "admin request"]
     assert [(e["method"], e["route"], e["status"], e["account"]) for e in requests] == [
-        ("POST", "/v1/session", 200, "-"),
+        ("POST", "/v1/session", 200, "admin"),
         ("GET", "/v1/session", 200, "admin"),
         ("GET", "/v1/users", 401, "-"),
     ]

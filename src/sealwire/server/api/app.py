@@ -109,8 +109,8 @@ def create_app(server: EnterpriseServer) -> FastAPI:
             return  # a failed login: AdminAccounts.login audits it itself
         identity = getattr(request.state, "identity", None)
         if status == 401:
-            has_token = request.headers.get("authorization", "").strip() != ""
-            reason = "unknown or expired token" if has_token else "no token"
+            missing = str(exc) == _MISSING_CREDENTIALS
+            reason = "no token" if missing else "unknown or expired token"
         else:
             reason = str(exc)
         if not refusals:
@@ -138,8 +138,9 @@ def create_app(server: EnterpriseServer) -> FastAPI:
 
 
 class _RequestLog:
-    """Logs each request once it is answered: ``admin request`` with the account (``-``
-    before login), method, route template (``-`` for no route), status and duration in ms.
+    """Logs each request once it is answered: ``admin request`` with the account (``-`` for
+    none: a bad token, a failed login), method, route template (``-`` for no route), status
+    and duration in ms.
 
     The template, not the path: the path's values are people's names and device addresses.
     Never the query string, a body or a header (they hold passwords and tokens)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fastapi import Request
+
 from ...accounts import AccountView, Permission
 from ..access import Bearer, Who
 from ..models import (
@@ -24,10 +26,11 @@ def declare_session(route: Routes, server: EnterpriseServer) -> None:
     accounts = server.accounts
 
     @route.post("/v1/session", None, public=True)
-    async def login(body: LoginBody) -> SessionAnswer:
+    async def login(body: LoginBody, request: Request) -> SessionAnswer:
         """Log in: a bearer token and when it expires (Unix seconds)."""
         token, expires_at = await accounts.login(body.username, body.password)
         who = accounts.authenticate(token)
+        request.state.identity = who  # the request log names who logged in
         return SessionAnswer(
             token=token, expires_at=expires_at, username=who.username, role=who.role
         )
