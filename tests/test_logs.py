@@ -189,3 +189,21 @@ def test_a_server_process_writes_only_json_lines(tmp_path: Path) -> None:
     ]
     assert all(isinstance(e["duration_ms"], float) for e in requests)
     assert password not in text and token not in text and "forged-x" not in text
+
+
+def test_a_relay_process_writes_only_json_lines(tmp_path: Path) -> None:
+    """``sealwire relay --log-format json --log-level debug`` from start to stop (its
+    "stopping" notice was a bare line in the JSON stream)."""
+    relay = RelayProcess(tmp_path / "relay", "--log-format", "json", "--log-level", "debug")
+    relay.start()
+    try:
+        host, port = relay.url.removeprefix("ws://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as raw:
+            raw.sendall(b"NOT HTTP\r\n\r\n")  # websockets logs the failed handshake
+            raw.recv(1024)
+    finally:
+        relay.stop()
+    lines = relay.log.read_text().splitlines()
+    entries = [json.loads(line) for line in lines]  # raises on a line that is not JSON
+    assert any(e["msg"].startswith("stopping") for e in entries)
+    assert {"sealwire.relay", "sealwire.relay.websockets"} <= {e["logger"] for e in entries}
