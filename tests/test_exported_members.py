@@ -20,7 +20,7 @@ EXPECTED = {
     "sealwire.relay.service": {"Relay", "make_backend"},
     "sealwire.relay.metrics": {"RelayMetrics"},
     "sealwire.transport": {"RelayConnection", "RequestRefused", "SessionEnded"},
-    "sealwire.logs": {"JsonFormatter", "configure_logging"},
+    "sealwire.logs": {"JsonFormatter", "LIBRARY_FLOORS", "TextFormatter", "configure_logging"},
     "sealwire.protocol.pake": {
         "CONFIRMATION_AAD",
         "CONFIRMATION_SIZE",
@@ -134,6 +134,15 @@ EXPECTED = {
         "ReceiptKind",
     },
     "sealwire.server": {"EnterpriseServer", "IssuedTicket", "ServerConfig", "load_server_config"},
+    "sealwire.server.api": {
+        "COMMAND_PERMISSIONS",
+        "MAX_BODY",
+        "URL_FILE",
+        "AdminApi",
+        "Endpoint",
+        "check_bind",
+        "create_app",
+    },
     "sealwire.device": {"Device", "DeviceInfo", "DeviceStore", "MessageRecord", "MessageState"},
     "sealwire.storage": {"Database", "Migration"},
     "sealwire.protocol.frames": {

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
-import sys
 from typing import Any
 
 __all__ = ["add_relay_parser"]
@@ -98,5 +98,6 @@ async def _serve(config: Any) -> None:
         flush=True,
     )
     await stop.wait()
-    print("sealwire relay: stopping (finishing pending stores)", file=sys.stderr, flush=True)
+    # A log record, not a bare line: standard error is the JSON log stream.
+    logging.getLogger("sealwire.relay").info("stopping (finishing pending stores)")
     await relay.stop()

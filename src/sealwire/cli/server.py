@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
@@ -173,11 +174,10 @@ async def _wait_for_relay(server: Any) -> None:
             return
         except TimeoutError:
             waited += 5.0
-            print(
-                f"sealwire server: still trying to reach the relay at {server.relay_url} "
-                f"({waited:.0f} s)",
-                file=sys.stderr,
-                flush=True,
+            # A log record, not a bare line: standard error is the JSON log stream.
+            logging.getLogger("sealwire.server").warning(
+                "still trying to reach the relay",
+                extra={"relay": server.relay_url, "waited_s": round(waited)},
             )
 
 
@@ -201,7 +201,7 @@ async def _serve_server(config: Any, passphrase: str | None) -> None:
             waiting.cancel()
         await stop.wait()
     finally:
-        print("sealwire server: stopping", file=sys.stderr, flush=True)
+        logging.getLogger("sealwire.server").info("stopping")
         await api.stop()
         await server.stop()
 
@@ -573,7 +573,7 @@ class _Client:
 
     @staticmethod
     def _answer(response: Any) -> Any:
-        from sealwire.errors import AccessDenied, AuthenticationFailed, Conflict, NotFound
+        from sealwire._http_errors import error_from_answer  # the API's own table
 
         try:
             answer = response.json()
@@ -581,10 +581,7 @@ class _Client:
             answer = {"detail": response.text[:200]}
         if response.status_code < 400:
             return answer
-        detail = answer.get("detail") if isinstance(answer, dict) else None
-        message = str(detail or f"the admin API answered HTTP {response.status_code}")
-        kind = {401: AuthenticationFailed, 403: AccessDenied, 404: NotFound, 409: Conflict}
-        raise kind.get(response.status_code, AdminError)(message)
+        raise error_from_answer(response.status_code, answer)
 
     # --- credentials ----------------------------------------------------------------------
 
