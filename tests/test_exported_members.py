@@ -132,7 +132,16 @@ EXPECTED = {
     },
     "sealwire.server": {"EnterpriseServer", "IssuedTicket", "ServerConfig", "load_server_config"},
     "sealwire.device": {"Device", "DeviceInfo", "DeviceStore", "MessageRecord", "MessageState"},
-    "sealwire.storage": {"Database", "Migration"},
+    "sealwire.storage": {"Database", "Migration", "MigrationStatus"},
+    "sealwire.storage.migrations": {
+        "Migration",
+        "MigrationStatus",
+        "add_column",
+        "check_migrations",
+        "create_tables",
+        "render_sql",
+        "stub",
+    },
     "sealwire.protocol.frames": {
         "Accepted",
         "Ack",
