@@ -179,7 +179,7 @@ class Database:
         newest = len(migrations)
         path = _sqlite_path(url)
         if path not in (None, "", ":memory:") and not os.path.exists(str(path)):
-            return MigrationStatus(component, "sqlite", 0, newest, tuple(migrations), False)
+            return MigrationStatus(component, url, "sqlite", 0, newest, tuple(migrations), False)
         engine = _create_engine(url, durable=True)
         database = cls(engine, url=url, component=component)
         try:
@@ -193,7 +193,12 @@ class Database:
         finally:
             database.close()
         return MigrationStatus(
-            component, database.dialect, current, newest, tuple(migrations[current:])
+            component,
+            database.redacted_url,
+            database.dialect,
+            current,
+            newest,
+            tuple(migrations[current:]),
         )
 
     @contextlib.contextmanager

@@ -64,6 +64,8 @@ class MigrationStatus:
 
     component: str
     """The name the version is recorded under (``"server"``, ``"device"``)."""
+    database: str
+    """The database's URL or path, without its password (for messages)."""
     dialect: str
     """``"sqlite"`` or ``"postgresql"``."""
     current: int
@@ -145,11 +147,10 @@ def render_sql(dialect: str, migrations: Sequence[Migration]) -> list[str]:
     driver = {"sqlite": "sqlite://", "postgresql": "postgresql+psycopg://"}[dialect]
 
     def record(sql: Any, *args: Any, **kwargs: Any) -> None:
-        if isinstance(sql, str):
-            statements.append(sql.strip())
-        else:
-            compiled = sql.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
-            statements.append(str(compiled).strip())
+        if not isinstance(sql, str):
+            literal = {"literal_binds": True}
+            sql = str(sql.compile(dialect=engine.dialect, compile_kwargs=literal))
+        statements.append("\n".join(line.rstrip() for line in sql.strip().splitlines()))
 
     engine = sa.create_mock_engine(driver, record)
     for migration in migrations:
