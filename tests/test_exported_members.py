@@ -144,7 +144,16 @@ EXPECTED = {
         "create_app",
     },
     "sealwire.device": {"Device", "DeviceInfo", "DeviceStore", "MessageRecord", "MessageState"},
-    "sealwire.storage": {"Database", "Migration"},
+    "sealwire.storage": {"Database", "Migration", "MigrationStatus"},
+    "sealwire.storage.migrations": {
+        "Migration",
+        "MigrationStatus",
+        "add_column",
+        "check_migrations",
+        "create_tables",
+        "render_sql",
+        "stub",
+    },
     "sealwire.protocol.frames": {
         "Accepted",
         "Ack",

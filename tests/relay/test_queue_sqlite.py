@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from sealwire.errors import QueueFull, StorageError
-from sealwire.relay import queue_sqlite
+from sealwire.relay import queue_schema
 from sealwire.relay.backend import QueueLimits, StoredEnvelope
+from sealwire.relay.queue_schema import QueueMigration
 from sealwire.relay.queue_sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteBackend
 from tests.relay.conftest import RecordingListener, run
 
@@ -83,9 +84,8 @@ def test_a_later_version_migrates_by_appending_a_step(
             await put(backend, b"kept")
         finally:
             await backend.close()
-        steps = (*queue_sqlite._MIGRATIONS, ("CREATE TABLE added_later (x BLOB)",))
-        monkeypatch.setattr(queue_sqlite, "_MIGRATIONS", steps)
-        monkeypatch.setattr(queue_sqlite, "SCHEMA_VERSION", len(steps))
+        later = QueueMigration(SCHEMA_VERSION + 1, "later", ("CREATE TABLE added_later (x BLOB)",))
+        monkeypatch.setattr(queue_schema, "MIGRATIONS", (*queue_schema.MIGRATIONS, later))
         backend = await opened(path)
         try:
             assert [

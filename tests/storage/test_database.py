@@ -71,7 +71,7 @@ def opened(url: str, migrations: Sequence[Migration], **kwargs: bool) -> Databas
 
 
 def test_exported_members() -> None:
-    assert set(sealwire.storage.__all__) == {"Database", "Migration"}
+    assert set(sealwire.storage.__all__) == {"Database", "Migration", "MigrationStatus"}
     assert set(database_module.__all__) == {
         "BUSY_TIMEOUT_MS",
         "CONNECT_TIMEOUT_S",

@@ -27,6 +27,7 @@ from sealwire.errors import (
 )
 
 from ._text import ask_secret, decode_input, for_terminal
+from .db import add_db_parser
 
 __all__ = ["add_server_parsers"]
 
@@ -70,6 +71,7 @@ def add_server_parsers(sub: Any) -> None:
         help="allow plain HTTP for the admin API off loopback (behind a TLS proxy only)",
     )
     server.set_defaults(func=_cmd_server)
+    add_db_parser(server, _server_config)  # sealwire server db status|upgrade
 
     up = sub.add_parser(
         "up", help="run a relay and an enterprise server on embedded defaults in one process"

@@ -74,7 +74,9 @@ from sealwire.protocol.suite import (
     open_at_rest,
     seal_at_rest,
 )
-from sealwire.storage import Database, Migration
+from sealwire.storage import Database
+
+from .migrations import COMPONENT, MIGRATIONS
 
 __all__ = [
     "BOOT_SECRETS",
@@ -97,6 +99,8 @@ _ROW_PURPOSE = "device/store"
 _MAX_KEY_FILE = 1024
 
 metadata = sa.MetaData()
+"""Today's tables, for the queries. The schema itself is built by the frozen steps of
+:mod:`.migrations`: change a table here and add a step there."""
 secrets_table = sa.Table(
     "secrets",
     metadata,
@@ -150,20 +154,6 @@ prekeys = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("retire_at", sa.BigInteger, nullable=True),
     sa.Column("blob", sa.LargeBinary, nullable=False),
-)
-
-
-def _create_v1(conn: sa.Connection) -> None:
-    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t is not done_commands])
-
-
-def _create_v2(conn: sa.Connection) -> None:
-    metadata.create_all(conn, tables=[done_commands])
-
-
-MIGRATIONS = (
-    Migration(1, "secrets, messages, seen, directory, outbox, prekeys", _create_v1),
-    Migration(2, "commands carried out", _create_v2),
 )
 
 
@@ -1046,7 +1036,7 @@ _PRUNE_EVERY_MS = 60_000
 
 
 def _open_db(home: Path) -> Database:
-    return Database.open(str(home / "device.db"), component="device", migrations=MIGRATIONS)
+    return Database.open(str(home / "device.db"), component=COMPONENT, migrations=MIGRATIONS)
 
 
 def _wrap_boot(

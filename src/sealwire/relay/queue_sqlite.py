@@ -49,59 +49,13 @@ from sealwire.relay.backend import (
     RelayBackend,
     StoredEnvelope,
 )
+from sealwire.relay.queue_schema import APPLICATION_ID, SCHEMA_VERSION, check_schema, migrate
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteBackend"]
 
 _log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-APPLICATION_ID: Final = 0x53575251
-"""``PRAGMA application_id`` of a Sealwire relay store (ASCII ``SWRQ``), so that a database
-written by something else is refused instead of altered."""
-
-# Each step brings the schema from version ``i`` to ``i + 1`` (``PRAGMA user_version``) in one
-# transaction. Append steps; never edit a released one.
-_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    (
-        # AUTOINCREMENT: a rowid is never reused, even after the newest envelope was deleted,
-        # so a delivery id never names two envelopes (clients drop duplicates by id).
-        """CREATE TABLE envelopes (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            recipient BLOB NOT NULL,
-            envelope BLOB NOT NULL,
-            accepted_at INTEGER NOT NULL,
-            sender_organisation BLOB NOT NULL
-        )""",
-        "CREATE INDEX envelopes_by_recipient ON envelopes (recipient, id)",
-        "CREATE INDEX envelopes_by_age ON envelopes (accepted_at)",
-        """CREATE TABLE notices (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            organisation BLOB NOT NULL,
-            recipient BLOB NOT NULL,
-            digest BLOB NOT NULL,
-            accepted_at INTEGER NOT NULL
-        )""",
-        "CREATE INDEX notices_by_organisation ON notices (organisation, id)",
-        """CREATE TABLE organisations (
-            organisation BLOB PRIMARY KEY,
-            root BLOB NOT NULL
-        ) WITHOUT ROWID""",
-        """CREATE TABLE servers (
-            address BLOB PRIMARY KEY,
-            organisation BLOB NOT NULL
-        ) WITHOUT ROWID""",
-        """CREATE TABLE revocations (
-            organisation BLOB NOT NULL,
-            address BLOB NOT NULL,
-            PRIMARY KEY (organisation, address)
-        ) WITHOUT ROWID""",
-        f"PRAGMA application_id = {APPLICATION_ID}",
-    ),
-)
-
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
-"""The schema version this code writes; a store with a newer one is refused."""
 
 _DEFAULT_LIMITS: Final = QueueLimits()
 _ID_SIZE: Final = 8
@@ -691,7 +645,7 @@ class SqliteBackend(RelayBackend):
                 f"SQLite {sqlite3.sqlite_version} is too old for the relay store"
                 f" (needs {'.'.join(map(str, _MIN_SQLITE))} or newer)"
             )
-        version = _check_schema(connection)
+        version = check_schema(connection)
         mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StorageError(f"relay store: cannot switch {self.path.name} to WAL mode")
@@ -700,7 +654,7 @@ class SqliteBackend(RelayBackend):
         # last commits could be lost when the machine loses power).
         connection.execute("PRAGMA synchronous = FULL")
         connection.execute("PRAGMA journal_size_limit = 67108864")
-        _migrate(connection, version)
+        migrate(connection, version)
 
         for recipient, count, size in connection.execute(
             "SELECT recipient, count(*), sum(length(envelope)) FROM envelopes GROUP BY recipient"
@@ -853,35 +807,3 @@ def _connect(path: Path) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
-
-
-def _check_schema(connection: sqlite3.Connection) -> int:
-    """The store's schema version, after refusing a database that is not ours or too new.
-    Reading the header is also where SQLite notices a file that is not a database."""
-    application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-    version = int(connection.execute("PRAGMA user_version").fetchone()[0])
-    if application_id not in (0, APPLICATION_ID) or (
-        application_id == 0
-        and (version != 0 or connection.execute("SELECT 1 FROM sqlite_master").fetchone())
-    ):
-        raise StorageError("relay store: the file is an SQLite database of another program")
-    if version > SCHEMA_VERSION:
-        raise StorageError(
-            f"relay store has schema version {version}, newer than this Sealwire knows"
-            f" ({SCHEMA_VERSION}); upgrade Sealwire or restore a backup"
-        )
-    return version
-
-
-def _migrate(connection: sqlite3.Connection, version: int) -> None:
-    for step in range(version, SCHEMA_VERSION):
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _MIGRATIONS[step]:
-                connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {step + 1}")
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.rollback()
-            raise
-        _log.info("relay store schema migrated to version %d", step + 1)

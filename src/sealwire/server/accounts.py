@@ -236,7 +236,7 @@ admin_tokens = sa.Table(
 
 
 def create_tables(conn: sa.Connection) -> None:
-    """Create the account tables (a step of the server store's migrations)."""
+    """Create today's account tables (tests; the schema is built by :mod:`.migrations`)."""
     metadata.create_all(conn)
 
 
@@ -285,7 +285,7 @@ class AdminAccounts:
         params: Callable[[RandomSource], Argon2Params] = Argon2Params.default,
     ) -> None:
         """Args:
-        db: the server's database, migrated with :func:`create_tables`.
+        db: the server's database, migrated by :mod:`.migrations`.
         audit: the server's audit log.
         clock: Unix milliseconds.
         random: random bytes (salts, tokens, initial passwords).

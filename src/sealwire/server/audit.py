@@ -132,7 +132,7 @@ audit_log = sa.Table(
 
 
 def create_tables(conn: sa.Connection) -> None:
-    """Create the audit table (a step of the server store's migrations)."""
+    """Create today's audit table (tests; the schema is built by :mod:`.migrations`)."""
     metadata.create_all(conn)
 
 
@@ -204,7 +204,7 @@ class AuditLog:
         """Use the log in ``db``, signing with ``signer``.
 
         Args:
-            db: the server's database, migrated with :func:`create_tables`.
+            db: the server's database, migrated by :mod:`.migrations`.
             signer: the server's identity key.
             clock: returns the current time in Unix milliseconds.
         """

@@ -22,7 +22,9 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from sealwire.errors import Conflict, NotFound
-from sealwire.storage import Database, Migration
+from sealwire.storage import Database
+
+from .migrations import COMPONENT, MIGRATIONS
 
 __all__ = [
     "DeviceRecord",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 metadata = sa.MetaData()
+"""Today's tables, for the queries. The schema itself is built by the frozen steps of
+:mod:`.migrations`: change a table here and add a step there."""
 
 settings = sa.Table(
     "settings",
@@ -173,36 +177,6 @@ holders = sa.Table(
 """Which device may hold whose directory entry in its cache, and until when (Unix seconds):
 the devices a :class:`~sealwire.protocol.directory.DirectoryChanged` must reach."""
 
-_V1 = ("settings", "users", "tickets", "devices", "prekeys", "seen_envelopes")
-
-
-def _create_v1(conn: sa.Connection) -> None:
-    metadata.create_all(conn, tables=[metadata.tables[name] for name in _V1])
-
-
-def _create_v2(conn: sa.Connection) -> None:
-    from .accounts import create_tables as create_account_tables
-    from .audit import create_tables as create_audit_tables
-
-    metadata.create_all(
-        conn, tables=[managed, policies, policy_versions, groups, members, commands, revocations]
-    )
-    create_audit_tables(conn)
-    create_account_tables(conn)
-
-
-def _create_v3(conn: sa.Connection) -> None:
-    metadata.create_all(conn, tables=[holders])
-
-
-MIGRATIONS = (
-    Migration(1, "people, tickets, devices, prekeys, seen envelopes", _create_v1),
-    Migration(
-        2, "device management: policies, groups, commands, audit, administrators", _create_v2
-    ),
-    Migration(3, "directory holders: whom to tell when a person's entry changes", _create_v3),
-)
-
 
 class UserExists(Conflict):
     """A person with that user name exists already."""
@@ -279,7 +253,7 @@ class ServerStore:
         Raises:
             StorageError, ConfigError: see :meth:`Database.open`.
         """
-        return cls(Database.open(url, component="server", migrations=MIGRATIONS))
+        return cls(Database.open(url, component=COMPONENT, migrations=MIGRATIONS))
 
     def close(self) -> None:
         self.db.close()

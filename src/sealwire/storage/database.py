@@ -20,7 +20,8 @@ Backends, chosen by the URL:
 - PostgreSQL (``postgresql://`` or ``postgres://``, driven by psycopg 3): for several server
   processes sharing one database. Connections are checked before use (``pool_pre_ping``).
 
-Migrations: table ``sealwire_schema`` holds one row per component with its schema version.
+Migrations (:mod:`sealwire.storage.migrations`: each step's DDL frozen as it was released):
+table ``sealwire_schema`` holds one row per component with its schema version.
 :meth:`Database.open` applies each step newer than the stored version in its own transaction,
 together with the version update. On PostgreSQL each such transaction first takes a
 transaction-scoped advisory lock derived from the component name and re-reads the version, so
@@ -39,8 +40,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -48,6 +48,7 @@ import sqlalchemy as sa
 import sqlalchemy.exc
 
 from sealwire.errors import ConfigError, StorageError
+from sealwire.storage.migrations import Migration, MigrationStatus, check_migrations
 
 __all__ = ["BUSY_TIMEOUT_MS", "CONNECT_TIMEOUT_S", "SCHEMA_TABLE", "Database", "Migration"]
 
@@ -77,21 +78,6 @@ _ACCEPTED_FORMS: Final = (
 )
 _SCHEME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _POSTGRES_SCHEMES: Final = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One step of a component's schema, from ``version - 1`` to ``version``.
-
-    Append steps; never edit one that was released, since databases in the field have run it.
-    """
-
-    version: int
-    """1, 2, 3 ...: a component's steps are numbered contiguously from 1."""
-    description: str
-    """What the step does, for the log."""
-    apply: Callable[[sa.Connection], None]
-    """Runs the step's DDL and DML on the given connection, inside the step's transaction."""
 
 
 class Database:
@@ -156,7 +142,7 @@ class Database:
         """
         if not component:
             raise ValueError("a database component needs a name")
-        _check_migrations(migrations)
+        check_migrations(migrations)
         engine = _create_engine(url, durable=durable)
         database = cls(engine, url=url, component=component)
         try:
@@ -165,6 +151,55 @@ class Database:
             engine.dispose()
             raise
         return database
+
+    @classmethod
+    def status(
+        cls, url: str, *, component: str, migrations: Sequence[Migration]
+    ) -> MigrationStatus:
+        """Where ``component``'s schema stands in the database at ``url``, changing nothing:
+        no file, table or version is created (``sealwire server db status``).
+
+        Args:
+            url: as for :meth:`open`.
+            component: the name the schema version is recorded under.
+            migrations: the component's steps, numbered contiguously from 1.
+
+        Returns:
+            The stored and the newest version and the pending steps. A database at a version
+            newer than ``migrations`` knows has ``current > newest`` and nothing pending.
+
+        Raises:
+            ValueError: as for :meth:`open`.
+            ConfigError: ``url`` is not one of the accepted forms.
+            StorageError: the database cannot be reached or read.
+        """
+        if not component:
+            raise ValueError("a database component needs a name")
+        check_migrations(migrations)
+        newest = len(migrations)
+        path = _sqlite_path(url)
+        if path not in (None, "", ":memory:") and not os.path.exists(str(path)):
+            return MigrationStatus(component, url, "sqlite", 0, newest, tuple(migrations), False)
+        engine = _create_engine(url, durable=True)
+        database = cls(engine, url=url, component=component)
+        try:
+            with database.transaction() as conn:
+                current = 0
+                if sa.inspect(conn).has_table(SCHEMA_TABLE):
+                    stored = conn.execute(
+                        sa.select(_schema.c.version).where(_schema.c.component == component)
+                    ).scalar()
+                    current = 0 if stored is None else int(stored)
+        finally:
+            database.close()
+        return MigrationStatus(
+            component,
+            database.redacted_url,
+            database.dialect,
+            current,
+            newest,
+            tuple(migrations[current:]),
+        )
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
@@ -277,22 +312,22 @@ class Database:
         return reason
 
 
-def _check_migrations(migrations: Sequence[Migration]) -> None:
-    if not migrations:
-        raise ValueError("a component needs at least one migration (version 1)")
-    for expected, migration in enumerate(migrations, start=1):
-        if migration.version != expected:
-            versions = [m.version for m in migrations]
-            raise ValueError(
-                f"migrations must be numbered 1, 2, 3 ... in order; got {versions} "
-                f"(expected {expected} at position {expected})"
-            )
-
-
 def _lock_key(name: str) -> int:
     """A stable non-negative 63-bit advisory lock key for ``name`` (a PostgreSQL bigint)."""
     digest = hashlib.sha256(b"sealwire-schema-lock:" + name.encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file an SQLite ``url`` names (``None`` for another backend or an unparsable URL:
+    :func:`_create_engine` says what is wrong with it)."""
+    if _SCHEME.match(url) is None:
+        return url
+    try:
+        parsed = sa.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return None
+    return parsed.database if parsed.drivername == "sqlite" and not parsed.query else None
 
 
 def _create_engine(url: str, *, durable: bool) -> sa.Engine:
