@@ -106,7 +106,7 @@ async def listening(device: Device) -> tuple[asyncio.Task[None], asyncio.Event]:
     stop = asyncio.Event()
     task = asyncio.create_task(device.listen(stop))
     for _ in range(200):
-        if device._conn is not None and device._tasks:
+        if device._link.connected and device._tasks:
             break
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.3)

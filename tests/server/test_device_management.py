@@ -253,7 +253,7 @@ def test_a_lock_command_locks_a_connected_device_within_a_second(
             await phone.unlock("helpdesk-set 99")
             # The same command again (say, redelivered) does not lock it again.
             async with phone.online():
-                await phone._run_commands(
+                await phone._management.run_commands(
                     [
                         org.server.sign_command(
                             _command(phone.address, bytes.fromhex(command.command_id))
@@ -307,7 +307,7 @@ def test_deprovisioning_a_connected_person(
             async with alice.online():
                 await alice.send_message("carol", "hello carol")
 
-            identity, chain = alice._identity, alice._chain
+            identity, chain = alice._profile.identity, alice._profile.chain
             task, _ = await listening(alice)
             started = time.monotonic()
             await org.admin.disable_user(ADMIN, "alice")

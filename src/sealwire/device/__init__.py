@@ -1,6 +1,6 @@
 """The device client library: encrypted store and the :class:`Device` façade (DESIGN §2)."""
 
-from .client import Device, DeviceInfo
+from .device import Device, DeviceInfo
 from .store import DeviceStore, MessageRecord, MessageState
 
 __all__ = ["Device", "DeviceInfo", "DeviceStore", "MessageRecord", "MessageState"]
