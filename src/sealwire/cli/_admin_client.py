@@ -8,28 +8,80 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sealwire.errors import AdminError, AuthenticationFailed, ConfigError, TransportError
+from sealwire.settings import Section, load
 
 from ._text import ask_secret, decode_input
 
-__all__ = ["AdminClient", "read_password"]
+__all__ = ["ADMIN_SETTINGS", "AdminClient", "AdminClientConfig", "read_password"]
 
 _TOKEN_FILE = "admin-token"  # noqa: S105 (a file name)
+
+
+@dataclass(frozen=True)
+class AdminClientConfig:
+    """Where ``sealwire admin`` finds the server's admin API. Who is asking comes from
+    ``SEALWIRE_ADMIN_TOKEN``, the stored token, or the first administrator's password file;
+    passwords from ``--password-file``, ``SEALWIRE_ADMIN_PASSWORD`` (login),
+    ``SEALWIRE_ADMIN_NEW_PASSWORD`` and ``SEALWIRE_ADMIN_NEW_PASSCODE``, or the terminal."""
+
+    data: str = "./sealwire-data"
+    """The server's data directory: the admin API's URL is read from ``DATA/server/admin-url``
+    and, on the server's machine, the token is kept in ``DATA/server/admin-token`` (elsewhere
+    in ``$XDG_CONFIG_HOME/sealwire/admin-token``)."""
+    url: str = ""
+    """The admin API's URL (``https://admin.example.com:8444``); empty: read from ``DATA``."""
+    cafile: str = ""
+    """CA certificate (PEM) to trust for an ``https`` URL; empty: the system's."""
+
+
+ADMIN_SETTINGS = Section(
+    name="admin",
+    cls=AdminClientConfig,
+    env_prefix="SEALWIRE_ADMIN_",
+    # Secrets, read where they are needed: not settings.
+    reserved=frozenset({"token", "password", "new_password", "new_passcode"}),
+    flags={"data": "--data", "url": "--url", "cafile": "--cafile"},
+    file=False,
+    notes={"data": "(or `SEALWIRE_DATA`, deprecated)"},
+)
+"""The settings of ``sealwire admin`` (no file: the environment and flags)."""
+
+
+def admin_settings(
+    args: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> AdminClientConfig:
+    """The settings of ``sealwire admin``: defaults < ``SEALWIRE_ADMIN_*`` < flags. The old
+    ``SEALWIRE_DATA`` still gives the data directory, with a warning, when
+    ``SEALWIRE_ADMIN_DATA`` is not set."""
+    environ = dict(os.environ if env is None else env)
+    legacy = environ.get("SEALWIRE_DATA")
+    if legacy is not None and "SEALWIRE_ADMIN_DATA" not in environ:
+        print(
+            "sealwire admin: SEALWIRE_DATA is deprecated; set SEALWIRE_ADMIN_DATA instead",
+            file=sys.stderr,
+        )
+        environ["SEALWIRE_ADMIN_DATA"] = legacy
+    overrides = {"data": args.data, "url": args.url, "cafile": args.cafile}
+    config: AdminClientConfig = load(ADMIN_SETTINGS, env=environ, overrides=overrides)
+    return config
 
 
 class AdminClient:
     """The admin API, as the operator at the keyboard uses it."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.data = Path(args.data or os.environ.get("SEALWIRE_DATA", "./sealwire-data"))
+        settings = admin_settings(args)
+        self.data = Path(settings.data)
         self.server_dir = self.data / "server"
-        self.url = args.url or os.environ.get("SEALWIRE_ADMIN_URL") or self._url_from_data()
+        self.url = settings.url or self._url_from_data()
         self.url = self.url.rstrip("/")
-        self.verify: Any = args.cafile or True
+        self.verify: Any = settings.cafile or True
         if self.server_dir.is_dir():
             self.token_file = self.server_dir / _TOKEN_FILE
         else:

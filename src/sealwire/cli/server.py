@@ -25,7 +25,7 @@ _SERVER_FLAGS: dict[str, dict[str, Any]] = {
     "organisation": {"help": "the organisation's name shown to people (first run)"},
     "database": {"help": "database URL (default: SQLite in DATA/server/server.db)"},
     "key_file": {"help": "key file sealing the server's keys (default DATA/server/master.key)"},
-    "ticket_lifetime_s": {"type": int, "help": "default activation password lifetime (48 h)"},
+    "ticket_lifetime_s": {"help": "default activation password lifetime: seconds, or e.g. 48h"},
     "admin_listen": {"help": "admin API address HOST:PORT (default 127.0.0.1:8444; port 0: any)"},
     "admin_tls_cert": {"help": "PEM certificate for the admin API (HTTPS)"},
     "admin_tls_key": {"help": "PEM private key for --admin-tls-cert"},
@@ -41,7 +41,11 @@ def add_server_parsers(sub: Any) -> None:
         help="run the enterprise server (dials out to the relay; no inbound port)",
         description="Run the organisation's enterprise server. The first run creates the "
         "organisation: its root key, the server's certificate and the database. Settings: "
-        "SEALWIRE_SERVER_* environment variables, then these flags (docs/OPERATIONS.md).",
+        "--config FILE (TOML, a [server] table), then SEALWIRE_SERVER_* environment variables, "
+        "then these flags (docs/OPERATIONS.md).",
+    )
+    server.add_argument(
+        "--config", default=None, help="TOML settings file ([server] table; SEALWIRE_SERVER_CONFIG)"
     )
     server.add_argument("--data", default=None, help="data directory (default ./sealwire-data)")
     for name, options in _SERVER_FLAGS.items():
@@ -82,7 +86,7 @@ def add_server_parsers(sub: Any) -> None:
 # --- sealwire server ---------------------------------------------------------------------
 
 
-def _server_config(args: argparse.Namespace, **forced: Any) -> Any:
+def _server_config(args: argparse.Namespace, file: str | None = None, **forced: Any) -> Any:
     from sealwire.server.config import load_server_config
 
     overrides = {name: getattr(args, name, None) for name in _SERVER_FLAGS}
@@ -90,7 +94,7 @@ def _server_config(args: argparse.Namespace, **forced: Any) -> Any:
     overrides["passphrase"] = getattr(args, "passphrase", None)
     overrides["admin_allow_plain"] = getattr(args, "admin_allow_plain", None)
     overrides.update(forced)
-    return load_server_config(overrides=overrides)
+    return load_server_config(file, overrides=overrides)
 
 
 def _passphrase(config: Any) -> str | None:
@@ -117,7 +121,7 @@ def _passphrase(config: Any) -> str | None:
 def _cmd_server(args: argparse.Namespace) -> int:
     from sealwire.logs import configure_logging
 
-    config = _server_config(args)
+    config = _server_config(args, args.config or os.environ.get("SEALWIRE_SERVER_CONFIG"))
     configure_logging(config.log_format, config.log_level)
     os.umask(0o077)  # keys, database, admin URL and password files: this account only
     asyncio.run(_serve_server(config, _passphrase(config)))
