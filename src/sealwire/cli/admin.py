@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import sys
 import time
 from typing import Any
@@ -25,13 +24,13 @@ __all__ = ["add_admin_parser"]
 # --- sealwire admin ----------------------------------------------------------------------
 #
 # A client of the admin API (sealwire.server.api). Where the server is: --url, else
-# $SEALWIRE_ADMIN_URL, else DATA/server/admin-url (written by the running server). Who is
+# $SEALWIRE_ADMIN_URL, else DATA/server/admin-url (written by the running server; DATA is
+# --data or $SEALWIRE_ADMIN_DATA: the settings of _admin_client.ADMIN_SETTINGS). Who is
 # asking, in order: $SEALWIRE_ADMIN_TOKEN; the stored token (DATA/server/admin-token when this
 # machine has the server's directory, else $XDG_CONFIG_HOME/sealwire/admin-token); and, on the
 # server's own machine, the first administrator's password in DATA/server/initial-admin-password
 # (logged in with automatically, the token then stored).
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _POLICY_SETTINGS = (
     ("passcode_min_length", "shortest passcode, 6-64"),
     ("passcode_classes", "character classes a passcode mixes, 1-4"),
@@ -176,12 +175,15 @@ _ROLES = ("security-admin", "admin", "helpdesk", "auditor")
 
 
 def _parse_lifetime(text: str | None) -> int | None:
+    """A ticket lifetime, written as every duration setting is (sealwire.settings)."""
+    from sealwire.settings import parse_duration
+
     if text is None:
         return None
-    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
-    if match is None:
-        raise ConfigError(f"{text!r} is not a lifetime: use e.g. 30m, 48h or 7d")
-    return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+    try:
+        return int(parse_duration(text, whole=True))
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a lifetime: use e.g. 30m, 48h or 7d") from None
 
 
 def _cmd_admin(args: argparse.Namespace) -> int:
