@@ -6,7 +6,6 @@ and StorageError reached the client as a generic AdminError)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import importlib.util
 from pathlib import Path
@@ -36,13 +35,10 @@ RAISED = [row for row in ERRORS if row.raised]
 
 
 def _client_class() -> Any:
-    """The ``sealwire admin`` HTTP client (cli/server.py, or cli/admin.py once split)."""
-    for name in ("sealwire.cli.admin", "sealwire.cli.server"):
-        with contextlib.suppress(ModuleNotFoundError):
-            module = importlib.import_module(name)
-            if hasattr(module, "_Client"):
-                return module._Client
-    raise AssertionError("no admin client found")
+    """The ``sealwire admin`` HTTP client."""
+    from sealwire.cli._admin_client import AdminClient
+
+    return AdminClient
 
 
 def _app_raising(exc: BaseException) -> FastAPI:

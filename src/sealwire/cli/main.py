@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sealwire {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from .config import add_config_parser
     from .demo import add_demo_parser
     from .device import add_device_parser
     from .relay import add_relay_parser
@@ -90,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     add_relay_parser(sub)
     add_device_parser(sub)
     add_demo_parser(sub)
+    add_config_parser(sub)
     version = sub.add_parser("version", help="print the version and protocol suite")
     version.set_defaults(func=_cmd_version)
     return parser

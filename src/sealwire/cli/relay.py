@@ -1,4 +1,5 @@
-"""``sealwire relay``: run a relay (settings from a TOML file, the environment and flags)."""
+"""``sealwire relay``: run a relay (settings from a TOML file, the environment and flags, read by
+the one settings loader, :mod:`sealwire.settings`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ __all__ = ["add_relay_parser"]
 
 _FLAGS: dict[str, dict[str, Any]] = {
     "host": {"help": "address to listen on (default 127.0.0.1)"},
-    "port": {"type": int, "help": "TCP port (default 8443; 0 picks a free one)"},
+    "port": {"help": "TCP port (default 8443; 0 picks a free one)"},
     "public_origin": {"help": "origin clients dial, e.g. wss://relay.example.com:443"},
     "tls_cert": {"help": "PEM certificate chain (serves wss:// with --tls-key)"},
     "tls_key": {"help": "PEM private key"},
@@ -22,15 +23,15 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "backend": {"choices": ["sqlite", "nats"], "help": "queue backend (default sqlite)"},
     "nats_url": {"help": "NATS servers for --backend nats (comma-separated)"},
     "nats_prefix": {"help": "name prefix of the cluster's streams (default sealwire)"},
-    "nats_replicas": {"type": int, "help": "JetStream replicas for new streams (default 1)"},
+    "nats_replicas": {"help": "JetStream replicas for new streams (default 1)"},
     "admission": {"choices": ["open", "allow-list"], "help": "which organisations may register"},
     "metrics": {"help": "host:port of the Prometheus endpoint ('' disables)"},
     "log_format": {"choices": ["json", "text"], "help": "log format (default json)"},
     "log_level": {"help": "debug, info, warning or error"},
-    "envelope_lifetime_s": {"type": float, "help": "envelope lifetime in seconds (7 days)"},
-    "expiry_interval_s": {"type": float, "help": "seconds between expiry sweeps (60)"},
-    "queue_max_count": {"type": int, "help": "most envelopes queued per address"},
-    "queue_max_bytes": {"type": int, "help": "most envelope bytes queued per address"},
+    "envelope_lifetime_s": {"help": "envelope lifetime: seconds, or e.g. 12h, 7d (7 days)"},
+    "expiry_interval_s": {"help": "time between expiry sweeps: seconds, or e.g. 5m (60)"},
+    "queue_max_count": {"help": "most envelopes queued per address"},
+    "queue_max_bytes": {"help": "most envelope bytes queued per address (e.g. 256MiB)"},
 }
 
 

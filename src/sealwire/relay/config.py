@@ -1,16 +1,14 @@
-"""Relay service configuration: a TOML file, then ``SEALWIRE_RELAY_*`` environment variables,
-then command-line flags, each overriding the one before (:func:`load_config`).
+"""Relay service configuration: a TOML file (its ``[relay]`` table), then ``SEALWIRE_RELAY_*``
+environment variables, then command-line flags, each overriding the one before
+(:func:`load_config`, through the one settings loader :mod:`sealwire.settings`).
 
-Every field of :class:`RelayServiceConfig` is documented where it is declared; OPERATIONS.md
-shows a complete file.
+Every field of :class:`RelayServiceConfig` is documented where it is declared; the reference
+table in docs/OPERATIONS.md is generated from those docstrings.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +17,11 @@ from typing import Any
 from sealwire.errors import ConfigError
 from sealwire.protocol.frames import canonical_origin
 from sealwire.protocol.session import RelayConfig
+from sealwire.settings import Section, load
 
 from .backend import DEFAULT_LIFETIME_MS, QueueLimits
 
-__all__ = ["ENV_PREFIX", "RelayServiceConfig", "load_config"]
+__all__ = ["ENV_PREFIX", "RELAY_SETTINGS", "RelayServiceConfig", "load_config"]
 
 ENV_PREFIX = "SEALWIRE_RELAY_"
 
@@ -100,57 +99,12 @@ class RelayServiceConfig:
     log_format: str = "json"
     """``json`` (one object per line) or ``text``."""
     log_level: str = "info"
+    """``debug``, ``info``, ``warning`` or ``error``."""
 
     def __post_init__(self) -> None:
-        if self.backend not in ("sqlite", "nats"):
-            raise ConfigError(f"relay backend {self.backend!r}: choose sqlite or nats")
-        if self.admission not in ("open", "allow-list"):
-            raise ConfigError(f"relay admission {self.admission!r}: choose open or allow-list")
-        for org in self.organisations:
-            try:
-                if len(bytes.fromhex(org)) != 32:
-                    raise ValueError
-            except ValueError:
-                raise ConfigError(
-                    f"relay organisations: {org!r} is not an organisation id (64 hex digits)"
-                ) from None
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError("relay TLS: give both tls_cert and tls_key, or neither")
-        if not self.tls_cert and not self.allow_plain and not _is_loopback(self.host):
-            raise ConfigError(
-                f"relay: refusing plain ws:// on {self.host}; give tls_cert and tls_key, "
-                "or set allow_plain behind a TLS-terminating proxy"
-            )
-        if not 0 <= self.port < 65536:
-            raise ConfigError("relay port: 0 to 65535")
-        if self.log_format not in ("json", "text"):
-            raise ConfigError("relay log_format: json or text")
-        if self.public_origin:
-            canonical_origin(self.public_origin)  # raises ConfigError with the reason
-        positive = {
-            "queue_max_count": self.queue_max_count,
-            "queue_max_bytes": self.queue_max_bytes,
-            "envelope_lifetime_s": self.envelope_lifetime_s,
-            "expiry_interval_s": self.expiry_interval_s,
-            "handshake_timeout_s": self.handshake_timeout_s,
-            "idle_timeout_s": self.idle_timeout_s,
-            "max_pending": self.max_pending,
-            "nats_replicas": self.nats_replicas,
-            "max_unacked": self.max_unacked,
-            "max_connections": self.max_connections,
-            "max_connections_per_source": self.max_connections_per_source,
-            "source_connect_rate": self.source_connect_rate,
-            "source_connect_burst": self.source_connect_burst,
-            "activation_rate_per_minute": self.activation_rate_per_minute,
-            "activation_burst": self.activation_burst,
-            "frame_rate": self.frame_rate,
-            "frame_burst": self.frame_burst,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"relay {name} must be positive (got {value})")
-        if self.max_pending > 1 << 16:
-            raise ConfigError("relay max_pending: at most 65536")
+        problems = _problems(self)
+        if problems:
+            raise ConfigError(problems[0][1])
 
     @property
     def tls(self) -> bool:
@@ -200,43 +154,110 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(RelayServiceConfig)}
+def _problems(config: RelayServiceConfig) -> list[tuple[str, str]]:
+    """``(setting, message)`` for each setting ``config`` cannot run with."""
+    problems: list[tuple[str, str]] = []
+    if config.backend not in ("sqlite", "nats"):
+        problems.append(("backend", f"relay backend {config.backend!r}: choose sqlite or nats"))
+    if config.admission not in ("open", "allow-list"):
+        problems.append(
+            ("admission", f"relay admission {config.admission!r}: choose open or allow-list")
+        )
+    for org in config.organisations:
+        try:
+            if len(bytes.fromhex(org)) != 32:
+                raise ValueError
+        except ValueError:
+            problems.append(
+                (
+                    "organisations",
+                    f"relay organisations: {org!r} is not an organisation id (64 hex digits)",
+                )
+            )
+    if bool(config.tls_cert) != bool(config.tls_key):
+        name = "tls_cert" if config.tls_cert else "tls_key"
+        problems.append((name, "relay TLS: give both tls_cert and tls_key, or neither"))
+    elif not config.tls_cert and not config.allow_plain and not _is_loopback(config.host):
+        problems.append(
+            (
+                "host",
+                f"relay: refusing plain ws:// on {config.host}; give tls_cert and tls_key, "
+                "or set allow_plain behind a TLS-terminating proxy",
+            )
+        )
+    if not 0 <= config.port < 65536:
+        problems.append(("port", "relay port: 0 to 65535"))
+    if config.log_format not in ("json", "text"):
+        problems.append(("log_format", "relay log_format: json or text"))
+    if config.public_origin:
+        try:
+            canonical_origin(config.public_origin)
+        except ConfigError as exc:
+            problems.append(("public_origin", str(exc)))
+    for name in _POSITIVE:
+        value = getattr(config, name)
+        if value <= 0:
+            problems.append((name, f"relay {name} must be positive (got {value})"))
+    if config.max_pending > 1 << 16:
+        problems.append(("max_pending", "relay max_pending: at most 65536"))
+    return problems
 
 
-def _convert(name: str, value: Any, source: str) -> Any:
-    """Convert a value from a file, the environment or a flag to the field's type."""
-    default = _FIELDS[name].default
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off", ""):
-            return False
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif isinstance(default, float):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif isinstance(default, tuple):
-        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        if isinstance(value, str):
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-    elif isinstance(value, str):
-        return value
-    raise ConfigError(f"relay setting {name} from {source}: {value!r} is not a valid value")
+_POSITIVE = (
+    "queue_max_count",
+    "queue_max_bytes",
+    "envelope_lifetime_s",
+    "expiry_interval_s",
+    "handshake_timeout_s",
+    "idle_timeout_s",
+    "max_pending",
+    "nats_replicas",
+    "max_unacked",
+    "max_connections",
+    "max_connections_per_source",
+    "source_connect_rate",
+    "source_connect_burst",
+    "activation_rate_per_minute",
+    "activation_burst",
+    "frame_rate",
+    "frame_burst",
+)
+
+_FLAGS = (
+    "host",
+    "port",
+    "public_origin",
+    "tls_cert",
+    "tls_key",
+    "allow_plain",
+    "data",
+    "backend",
+    "nats_url",
+    "nats_prefix",
+    "nats_replicas",
+    "admission",
+    "queue_max_count",
+    "queue_max_bytes",
+    "envelope_lifetime_s",
+    "expiry_interval_s",
+    "metrics",
+    "log_format",
+    "log_level",
+)
+
+RELAY_SETTINGS = Section(
+    name="relay",
+    cls=RelayServiceConfig,
+    env_prefix=ENV_PREFIX,
+    reserved=frozenset({"config"}),
+    flags={
+        **{name: "--" + name.replace("_", "-") for name in _FLAGS},
+        "organisations": "--organisation",
+    },
+    check=_problems,
+)
+"""The relay's settings as :mod:`sealwire.settings` loads and documents them
+(``SEALWIRE_RELAY_CONFIG`` names the file)."""
 
 
 def load_config(
@@ -246,42 +267,12 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> RelayServiceConfig:
     """Build the configuration: defaults < TOML ``file`` (its ``[relay]`` table, or the top
-    level) < environment ``SEALWIRE_RELAY_<FIELD>`` < ``overrides`` (flags; ``None`` values
-    are ignored).
+    level of a file without tables) < environment ``SEALWIRE_RELAY_<FIELD>`` < ``overrides``
+    (flags; ``None`` values are ignored).
 
     Raises:
         ConfigError: an unreadable file, an unknown setting or an invalid value (the message
-            names it).
+            names it and where it was given).
     """
-    values: dict[str, Any] = {}
-    if file is not None:
-        try:
-            with open(file, "rb") as handle:
-                data = tomllib.load(handle)
-        except OSError as exc:
-            raise ConfigError(f"cannot read relay config {file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"relay config {file} is not valid TOML: {exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"relay config {file} is not UTF-8 text") from None
-        table = data.get("relay", data)
-        if not isinstance(table, dict):
-            raise ConfigError(f"relay config {file}: [relay] must be a table")
-        for key, value in table.items():
-            name = key.replace("-", "_")
-            if name not in _FIELDS:
-                raise ConfigError(f"relay config {file}: unknown setting {key!r}")
-            values[name] = _convert(name, value, str(file))
-    environ = os.environ if env is None else env
-    for key, value in environ.items():
-        if key.startswith(ENV_PREFIX):
-            name = key[len(ENV_PREFIX) :].lower()
-            if name == "config":
-                continue
-            if name not in _FIELDS:
-                raise ConfigError(f"environment {key}: unknown relay setting")
-            values[name] = _convert(name, value, key)
-    for name, value in (overrides or {}).items():
-        if value is not None:
-            values[name] = _convert(name, value, f"--{name.replace('_', '-')}")
-    return RelayServiceConfig(**values)
+    config: RelayServiceConfig = load(RELAY_SETTINGS, file, env=env, overrides=overrides)
+    return config
