@@ -737,10 +737,10 @@ def _short_frame(frame: str, *, line: bool = True) -> str:
 def destroy_nats(nats_url: str, prefix: str) -> str:
     import importlib
 
-    from sealwire.relay.backend import QueueLimits
+    from sealwire.relay.backends.base import QueueLimits
 
     try:
-        NatsBackend = importlib.import_module("sealwire.relay.queue_nats").NatsBackend
+        NatsBackend = importlib.import_module("sealwire.relay.backends.nats").NatsBackend
     except ImportError as exc:
         return f"not cleaned up ({exc})"
     backend = NatsBackend([nats_url], QueueLimits(), prefix=prefix)

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from sealwire.relay.backend import QueueLimits, RelayBackend, StoredEnvelope
+from sealwire.relay.backends.base import QueueLimits, RelayBackend, StoredEnvelope
 from sealwire.relay.config import RelayServiceConfig
-from sealwire.relay.queue_sqlite import SqliteBackend
+from sealwire.relay.backends.sqlite import SqliteBackend
 from sealwire.relay.service import Relay
 
 from .conftest import run

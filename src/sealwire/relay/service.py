@@ -1,5 +1,5 @@
 """The relay service: WebSocket connections in, one sans-IO :class:`RelaySession` each, sealed
-envelopes routed through a :class:`~sealwire.relay.backend.RelayBackend`.
+envelopes routed through a :class:`~sealwire.relay.backends.base.RelayBackend`.
 
 The edge is thin (STYLE: aioquic's asyncio protocol): read a message → feed the session → act on
 its events → write what it queued → re-arm its timer. Policy lives here and nowhere else:
@@ -53,7 +53,7 @@ from sealwire.protocol.session import (
     SessionTerminated,
 )
 
-from .backend import RelayBackend, StoredEnvelope
+from .backends.base import RelayBackend, StoredEnvelope
 from .config import RelayServiceConfig
 from .metrics import RelayMetrics
 
@@ -107,7 +107,7 @@ def _short(address: bytes | None) -> str:
 def make_backend(config: RelayServiceConfig) -> RelayBackend:
     """The backend a configuration names (imported lazily: NATS is an optional extra)."""
     if config.backend == "nats":
-        from .queue_nats import NatsBackend
+        from .backends.nats import NatsBackend
 
         servers = [s.strip() for s in config.nats_url.split(",") if s.strip()]
         return NatsBackend(
@@ -116,7 +116,7 @@ def make_backend(config: RelayServiceConfig) -> RelayBackend:
             prefix=config.nats_prefix,
             replicas=config.nats_replicas,
         )
-    from .queue_sqlite import SqliteBackend
+    from .backends.sqlite import SqliteBackend
 
     config.data_path.mkdir(parents=True, exist_ok=True)
     return SqliteBackend(config.data_path / "relay.db", config.queue_limits)

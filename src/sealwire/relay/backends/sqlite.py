@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
 from sealwire.errors import LocalProtocolError, QueueFull, StorageError
-from sealwire.relay.backend import (
+from sealwire.relay.backends.base import (
     BackendListener,
     ExpiryNotice,
     QueueLimits,
@@ -190,7 +190,7 @@ class _Transaction:
 
 
 class SqliteBackend(RelayBackend):
-    """The embedded :class:`~sealwire.relay.backend.RelayBackend`: SQLite, WAL, group commit.
+    """The embedded :class:`~sealwire.relay.backends.base.RelayBackend`: SQLite, WAL, group commit.
 
     Args:
         path: the database file (created with its schema if missing). Next to it SQLite keeps

@@ -169,7 +169,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from sealwire.errors import QueueFull, StorageError
-from sealwire.relay.backend import (
+from sealwire.relay.backends.base import (
     ActivationRoute,
     BackendListener,
     ExpiryNotice,
@@ -606,7 +606,7 @@ class _ByteLedger:
 
 
 class NatsBackend(RelayBackend):
-    """:class:`~sealwire.relay.backend.RelayBackend` on NATS JetStream, for a cluster of relay
+    """:class:`~sealwire.relay.backends.base.RelayBackend` on NATS JetStream, for a cluster of relay
     nodes. See the module docstring for the layout and the guarantees.
 
     Args:
