@@ -42,6 +42,7 @@ from sealwire.protocol.frames import ERROR_CODES, MAX_FRAME_SIZE, ErrorCode, rel
 from sealwire.protocol.identity import ChainVerifier, Role, short_address
 from sealwire.protocol.session import (
     CONNECTION_LOST,
+    ActivationRequested,
     ActivationSubmitted,
     ClientVerified,
     DeliveriesAcknowledged,
@@ -460,24 +461,21 @@ class Relay:
         assert link.frames is not None
         left = link.frames.take(loop_now)
         session = link.session
-        before = session.state
         events = session.receive_frame(message, self._clock())
         if left < -self.config.frame_burst and not session.closed:
             session.close(ErrorCode.RATE_LIMITED, "too many frames")
             events.append(SessionTerminated(ErrorCode.RATE_LIMITED.value, "flood", False))
-        if before is RelayState.AWAIT_HELLO and session.state is RelayState.ACTIVATING:
-            self._set_role(link, "activation")
-            entry = self._sources.get(link.source)
-            if entry is not None and not entry.activate.allow(loop_now):
-                session.frames_to_send()  # drop the Ready the machine queued: refused instead
-                session.close(ErrorCode.RATE_LIMITED, "too many activations from this address")
-                events.append(SessionTerminated(ErrorCode.RATE_LIMITED.value, "", False))
-        self._on_events(link, events, rate_limited=left < 0)
+        self._on_events(link, events, rate_limited=left < 0, loop_now=loop_now)
         link.wake.set()
         self._arm_timer(link)
 
     def _on_events(
-        self, link: _Link, events: Iterable[Event], *, rate_limited: bool = False
+        self,
+        link: _Link,
+        events: Iterable[Event],
+        *,
+        rate_limited: bool = False,
+        loop_now: float | None = None,
     ) -> None:
         for event in events:
             if isinstance(event, EnvelopeSubmitted):
@@ -517,6 +515,8 @@ class Relay:
                 if not link.acks:
                     asyncio.get_running_loop().call_later(_ACK_DELAY_S, self._flush_acks, link)
                 link.acks.extend(event.delivery_ids)
+            elif isinstance(event, ActivationRequested):
+                self._answer_activation_request(link, loop_now)
             elif isinstance(event, ClientVerified):
                 link.peer = event
                 self._spawn(self._admit(link, event))
@@ -531,6 +531,17 @@ class Relay:
                     # A peer's code is free text: only known codes become metric labels.
                     code = event.code if event.code in _KNOWN_CODES else "other"
                     self.metrics.closed.labels(code).inc()
+
+    def _answer_activation_request(self, link: _Link, loop_now: float | None) -> None:
+        """Admit an activation-only session unless its source is over its activation rate."""
+        self._set_role(link, "activation")
+        if loop_now is None:
+            loop_now = asyncio.get_running_loop().time()
+        entry = self._sources.get(link.source)
+        if entry is not None and not entry.activate.allow(loop_now):
+            self._refuse(link, ErrorCode.RATE_LIMITED, "too many activations from this address")
+            return
+        self._on_events(link, link.session.admit(self._clock()))
 
     def _end(self, link: _Link, code: ErrorCode, reason: str) -> None:
         """End an open (or activating) session from the service's side."""
@@ -791,7 +802,7 @@ class Relay:
             link.detach.append(detach)
 
     def _refuse(self, link: _Link, code: ErrorCode, reason: str) -> None:
-        if link.session.state is RelayState.VERIFIED:
+        if link.session.state in (RelayState.VERIFIED, RelayState.ACTIVATION_REQUESTED):
             link.session.refuse(code, reason)
             self._closed_by_us(link, code.value)
             link.wake.set()
