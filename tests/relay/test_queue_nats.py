@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from sealwire.errors import QueueFull, StorageError
 from sealwire.relay.backends.base import QueueLimits, StoredEnvelope
-from sealwire.relay.backends.nats import (
-    NatsBackend,
+from sealwire.relay.backends.nats import NatsBackend
+from sealwire.relay.backends.nats._wire import (
     _decode_route,
     _decode_signal,
     _encode_route,

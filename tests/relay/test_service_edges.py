@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from sealwire.relay.backends.base import QueueLimits, RelayBackend, StoredEnvelope
-from sealwire.relay.config import RelayServiceConfig
 from sealwire.relay.backends.sqlite import SqliteBackend
+from sealwire.relay.config import RelayServiceConfig
 from sealwire.relay.service import Relay
 
 from .conftest import run
