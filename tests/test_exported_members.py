@@ -19,7 +19,29 @@ EXPECTED = {
     "sealwire.relay.config": {"ENV_PREFIX", "RelayServiceConfig", "load_config"},
     "sealwire.relay.service": {"Relay", "make_backend"},
     "sealwire.relay.metrics": {"RelayMetrics"},
-    "sealwire.transport": {"RelayConnection", "RequestRefused", "SessionEnded"},
+    "sealwire.transport": {
+        "ChannelClosed",
+        "Connector",
+        "FrameChannel",
+        "RelayConnection",
+        "RelayLink",
+        "RequestRefused",
+        "SessionEnded",
+    },
+    "sealwire.transport.base": {
+        "ChannelClosed",
+        "FrameChannel",
+        "RelayLink",
+        "RequestRefused",
+        "SessionEnded",
+    },
+    "sealwire.transport.connection": {
+        "Connector",
+        "RelayConnection",
+        "RequestRefused",
+        "SessionEnded",
+    },
+    "sealwire.transport.websocket": {"WebSocketChannel", "dial"},
     "sealwire.logs": {"JsonFormatter", "configure_logging"},
     "sealwire.protocol.pake": {
         "CONFIRMATION_AAD",
@@ -173,6 +195,7 @@ EXPECTED = {
     "sealwire.protocol.session": {
         "CONNECTION_LOST",
         "ActivationReceived",
+        "ActivationRequested",
         "ActivationSubmitted",
         "ClientConfig",
         "ClientSession",

@@ -68,7 +68,7 @@ from sealwire.protocol.session import (
     SessionTerminated,
 )
 from sealwire.transport import RelayConnection
-from sealwire.transport.relay_client import RequestRefused, SessionEnded
+from sealwire.transport import RequestRefused, SessionEnded
 
 from .harness import LiveDevice, LiveOrg, RelayProcess, live_org, now_ms, receive
 
