@@ -256,7 +256,7 @@ def test_connection_lost_during_watch_leaks_nothing(tmp_path: Path) -> None:
             opening = asyncio.create_task(org.connect_server(url))
             await asyncio.wait_for(waiting.wait(), 5)
             for link in service._links:  # the server's connection drops mid-admission
-                link.ws.transport.abort()
+                link.wire.abort()
             with contextlib.suppress(BaseException):
                 await opening
             for _ in range(100):
