@@ -58,8 +58,7 @@ if str(REPO) not in sys.path:
 
 from tests.relay.harness import LiveDevice, LiveOrg, RelayProcess, live_org  # noqa: E402
 
-from sealwire.transport import RelayConnection  # noqa: E402
-from sealwire.transport import RequestRefused  # noqa: E402
+from sealwire.transport import RelayConnection, RequestRefused  # noqa: E402
 
 GOAL_RATE = 15_000.0
 GOAL_P99_MS = 10.0
