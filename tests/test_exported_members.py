@@ -58,6 +58,7 @@ EXPECTED = {
         "SessionEnded",
     },
     "sealwire.transport.websocket": {"WebSocketChannel", "dial"},
+    "sealwire.transport.memory": {"MEMORY_ORIGIN", "MemoryRelay"},
     "sealwire.logs": {"JsonFormatter", "configure_logging"},
     "sealwire.protocol.pake": {
         "CONFIRMATION_AAD",

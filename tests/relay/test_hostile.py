@@ -921,14 +921,15 @@ def test_slowloris_http_upgrade(shared: Shared) -> None:
     timeout; well-behaved clients are served meanwhile."""
 
     async def body() -> tuple[list[float], list[float]]:
+        pair = await _connected_pair(shared)
         attackers = asyncio.gather(
             *(_partial_upgrade(shared.url, trickle=i % 2 == 1) for i in range(200))
         )
-        trips = await _pair_keeps_exchanging(shared, attackers)
+        trips = await _pair_keeps_exchanging(shared, attackers, pair)
         return list(await attackers), trips
 
     durations, trips = asyncio.run(body())
-    assert max(durations) < HANDSHAKE_TIMEOUT_S + 3, max(durations)
+    assert max(durations) < HANDSHAKE_TIMEOUT_S + 8, max(durations)
     assert min(durations) >= HANDSHAKE_TIMEOUT_S / 2, min(durations)
     assert max(trips) < NORMAL_LATENCY_S, trips
     _assert_serves(shared)
@@ -951,8 +952,9 @@ def test_slowloris_sessions(shared: Shared) -> None:
     are ended with ``timeout`` at the handshake timeout; others are served meanwhile."""
 
     async def body() -> tuple[list[tuple[Received, float]], list[float]]:
+        pair = await _connected_pair(shared)
         stalled = asyncio.gather(*(_stall(shared.url, hello=i % 2 == 1) for i in range(100)))
-        trips = await _pair_keeps_exchanging(shared, stalled)
+        trips = await _pair_keeps_exchanging(shared, stalled, pair)
         return list(await stalled), trips
 
     results, trips = asyncio.run(body())
@@ -960,7 +962,7 @@ def test_slowloris_sessions(shared: Shared) -> None:
         expected = [Challenge, Error] if i % 2 else [Error]
         assert [type(f) for f in got.frames] == expected, got.frames
         assert got.errors[0].code == "timeout" and got.closed
-        assert HANDSHAKE_TIMEOUT_S / 2 <= took < HANDSHAKE_TIMEOUT_S + 3, took
+        assert HANDSHAKE_TIMEOUT_S / 2 <= took < HANDSHAKE_TIMEOUT_S + 8, took
     assert max(trips) < NORMAL_LATENCY_S, trips
     _assert_no_leaked_connections(shared.relay)
     _assert_serves(shared)

@@ -122,7 +122,7 @@ from sealwire.protocol.messaging import (
 )
 from sealwire.protocol.session import EnvelopeDelivered
 from sealwire.protocol.suite import SigningKey, XWingPrivateKey, XWingPublicKey
-from sealwire.transport import RelayConnection, RequestRefused, SessionEnded
+from sealwire.transport import Connector, RelayConnection, RequestRefused, SessionEnded
 
 from .store import DeviceStore, MessageRecord, MessageState
 
@@ -227,6 +227,8 @@ class Device:
         self.store = store
         self._clock = clock
         self._random = random
+        self.connector: Connector = RelayConnection
+        """How the device reaches its relay (tests inject an in-process relay)."""
         self._conn: RelayConnection | None = None
         self._pending: dict[bytes, asyncio.Future[object]] = {}
         self._inbound: asyncio.Queue[tuple[EnvelopeDelivered, OpenedEnvelope]] | None = None
@@ -283,6 +285,7 @@ class Device:
         clock: Callable[[], int] = _now_ms,
         random: Callable[[int], bytes] = os.urandom,
         timeout: float = 60.0,
+        connector: Connector = RelayConnection,
     ) -> Device:
         """Activate a new device in ``home`` with a ticket and its one-time password.
 
@@ -324,7 +327,9 @@ class Device:
             random=random,
         )
         await in_thread(run.start)  # Argon2id: off the event loop
-        answer = await _run_activation(ticket.relay, ticket.server, run, random(16), timeout)
+        answer = await _run_activation(
+            connector, ticket.relay, ticket.server, run, random(16), timeout
+        )
         verifier = ChainVerifier({})
         verifier.add_root(answer.organisation_root_key)
         try:
@@ -364,6 +369,7 @@ class Device:
         store.cache_remote_secret(answer.remote_secret, clock() + policy.offline_grace_s * 1000)
         store.add_prekey(prekey_id, prekey.seed(), created_at=now_s)
         device = cls(store, clock=clock, random=random)
+        device.connector = connector
         try:
             # The server lists a new device only once it has heard from it (proof that the
             # answer arrived): say hello now.
@@ -461,7 +467,7 @@ class Device:
             self._server_peer, PayloadType.CONTROL, encode_management_message(request)
         )
         try:
-            conn = await RelayConnection.open_for_activation(self._directory.relay)
+            conn = await self.connector.open_for_activation(self._directory.relay)
         except TransportError as exc:
             raise TransportError(
                 f"cannot unlock: the offline grace has ended and the relay cannot be reached "
@@ -652,7 +658,7 @@ class Device:
         if self.store.locked:
             raise self.store.locked_error()
         try:
-            conn = await RelayConnection.open(
+            conn = await self.connector.open(
                 self._directory.relay, identity=self._identity, chain=self._chain
             )
         except SessionEnded as exc:
@@ -987,7 +993,7 @@ class Device:
         )
         with contextlib.suppress(SealwireError, TimeoutError):
             async with asyncio.timeout(_COMMAND_RESULT_WAIT_S):
-                conn = await RelayConnection.open_for_activation(self._directory.relay)
+                conn = await self.connector.open_for_activation(self._directory.relay)
                 try:
                     payload = encode_message(UnlockRequest(envelope=envelope))
                     await conn.send_activation(self._random(16), payload, self.server_address)
@@ -1563,9 +1569,14 @@ class Device:
 
 
 async def _run_activation(
-    relay: str, server: bytes, run: DeviceActivation, session: bytes, timeout: float
+    connector: Connector,
+    relay: str,
+    server: bytes,
+    run: DeviceActivation,
+    session: bytes,
+    timeout: float,
 ) -> ServerAnswer:
-    conn = await RelayConnection.open_for_activation(relay)
+    conn = await connector.open_for_activation(relay)
     try:
         for data in run.data_to_send():
             await conn.send_activation(session, data, server)
