@@ -17,6 +17,7 @@ from sealwire.errors import ConfigError, TransportError
 from sealwire.protocol.messaging import MAX_TEXT
 from sealwire.server.store import holders
 from sealwire.transport import RelayConnection, RelayLink, RequestRefused, SessionEnded
+from sealwire.transport.memory import MemoryRelay
 
 from ..relay.harness import LiveDevice, LiveOrg, live_org, receive
 from ..server.management_harness import ADMIN, run
@@ -25,18 +26,12 @@ from .conftest import MemoryOrgFactory, MemoryRelayFactory
 # --- the transport ------------------------------------------------------------------------------
 
 
-async def _device_link(relay: RelayConnection | object, device: LiveDevice, url: str) -> RelayLink:
-    from sealwire.transport.memory import MemoryRelay
-
-    assert isinstance(relay, MemoryRelay)
+async def _device_link(relay: MemoryRelay, device: LiveDevice, url: str) -> RelayLink:
     link: RelayLink = await relay.open(url, identity=device.key, chain=device.chain)
     return link
 
 
-async def _server_link(relay: object, org: LiveOrg) -> RelayLink:
-    from sealwire.transport.memory import MemoryRelay
-
-    assert isinstance(relay, MemoryRelay)
+async def _server_link(relay: MemoryRelay, org: LiveOrg) -> RelayLink:
     return await relay.open(
         relay.url, identity=org.server, chain=[org.server_cert.encode()], root=org.root.public_key
     )
@@ -58,7 +53,8 @@ def test_envelopes_travel_through_the_relay_service_without_a_socket(
             b = await _device_link(relay, bob, relay.url)
             assert a.address == alice.address
             await a.send(alice.seal_to(bob, b"hello through memory"))
-            (envelope,) = await receive(b, 1)  # type: ignore[arg-type]
+            assert isinstance(b, RelayConnection)
+            (envelope,) = await receive(b, 1)
             assert bob.open(envelope) == b"hello through memory"
             # The relay's policy applies as over a WebSocket: a revoked address is refused.
             await server.revoke([bob.address])
