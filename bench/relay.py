@@ -58,8 +58,7 @@ if str(REPO) not in sys.path:
 
 from tests.relay.harness import LiveDevice, LiveOrg, RelayProcess, live_org  # noqa: E402
 
-from sealwire.transport import RelayConnection  # noqa: E402
-from sealwire.transport.relay_client import RequestRefused  # noqa: E402
+from sealwire.transport import RelayConnection, RequestRefused  # noqa: E402
 
 GOAL_RATE = 15_000.0
 GOAL_P99_MS = 10.0
@@ -737,10 +736,10 @@ def _short_frame(frame: str, *, line: bool = True) -> str:
 def destroy_nats(nats_url: str, prefix: str) -> str:
     import importlib
 
-    from sealwire.relay.backend import QueueLimits
+    from sealwire.relay.backends.base import QueueLimits
 
     try:
-        NatsBackend = importlib.import_module("sealwire.relay.queue_nats").NatsBackend
+        NatsBackend = importlib.import_module("sealwire.relay.backends.nats").NatsBackend
     except ImportError as exc:
         return f"not cleaned up ({exc})"
     backend = NatsBackend([nats_url], QueueLimits(), prefix=prefix)

@@ -38,6 +38,7 @@ from sealwire.protocol.identity import ChainVerifier, Role, address_of, issue_ce
 from sealwire.protocol.session import (
     CONNECTION_LOST,
     ActivationReceived,
+    ActivationRequested,
     ActivationSubmitted,
     ClientConfig,
     ClientSession,
@@ -203,11 +204,14 @@ def test_activation_is_routed_both_ways() -> None:
     device = Pair(ClientSession(config=CONFIG), relay_for(org))
     device.client.connect_for_activation(NOW_MS)
     device.pump()
+    assert device.relay_events == [ActivationRequested()]
+    device.relay.admit(NOW_MS)
+    device.pump()
     assert device.client_events == [SessionReady(address=None, relay_time=NOW_MS)]
     server_address = address_of(org.server.public_key)
     device.client.send_activation(bytes(16), b"start", server_address)
     device.pump()
-    assert device.relay_events == [
+    assert device.relay_events[1:] == [
         ActivationSubmitted(session=bytes(16), payload=b"start", server=server_address)
     ]
     server = open_server(org)
@@ -427,11 +431,13 @@ def test_activation_session_may_only_activate() -> None:
     org = make_org()
     relay = relay_for(org)
     relay.receive_frame(encode_frame(Hello(version=1, mode=Mode.ACTIVATE)), NOW_MS)
+    relay.admit(NOW_MS)
     assert relay.state is RelayState.ACTIVATING
     events = relay.receive_frame(encode_frame(Send(ref=0, envelope=envelope_for(bytes(32)))), 1)
     assert terminated(events).code == "unexpected"
     relay = relay_for(org)
     relay.receive_frame(encode_frame(Hello(version=1, mode=Mode.ACTIVATE)), NOW_MS)
+    relay.admit(NOW_MS)
     no_server = Activation(session=bytes(16), payload=b"x", server=None)
     assert terminated(relay.receive_frame(encode_frame(no_server), NOW_MS)).code == "unexpected"
 
@@ -608,6 +614,7 @@ _VALID = [
     )
 ]
 _RELAY_EVENTS = (
+    ActivationRequested,
     ClientVerified,
     EnvelopeSubmitted,
     DeliveriesAcknowledged,
@@ -866,6 +873,9 @@ def activating(config: RelayConfig | None = None) -> Pair:
     pair = Pair(ClientSession(config=CONFIG), relay_for(org, config=config))
     pair.client.connect_for_activation(NOW_MS)
     pair.pump()
+    assert pair.relay_events[-1] == ActivationRequested()
+    assert pair.relay.admit(NOW_MS) == []
+    pair.pump()
     assert pair.relay.state is RelayState.ACTIVATING
     return pair
 
@@ -942,6 +952,52 @@ def test_client_refuses_an_unasked_activation_answer() -> None:
     assert terminated(pair.client.receive_frame(other, NOW_MS)).reason == (
         "activation for another session"
     )
+
+
+def test_an_activation_request_waits_for_the_relays_decision() -> None:
+    pair = Pair(ClientSession(config=CONFIG), relay_for(make_org()))
+    pair.client.connect_for_activation(NOW_MS)
+    pair.pump()
+    # The relay's policy decides (rate limits): nothing is sent before it does.
+    assert pair.relay_events == [ActivationRequested()]
+    assert pair.relay.state is RelayState.ACTIVATION_REQUESTED
+    assert pair.client.state is ClientState.AWAIT_ACTIVATION_READY
+    assert pair.relay.frames_to_send() == []
+    assert pair.relay.receive_frame(encode_frame(Ping(data=1)), NOW_MS) == []  # still live
+    pair.pump()
+    assert pair.relay.admit(NOW_MS + 1) == []
+    pair.pump()
+    assert pair.client_events == [SessionReady(address=None, relay_time=NOW_MS + 1)]
+    assert pair.relay.state is RelayState.ACTIVATING
+    with pytest.raises(LocalProtocolError, match="admit"):
+        pair.relay.admit(NOW_MS)
+
+
+def test_a_refused_activation_request_sends_the_error_and_no_ready() -> None:
+    pair = Pair(ClientSession(config=CONFIG), relay_for(make_org()))
+    pair.client.connect_for_activation(NOW_MS)
+    pair.pump()
+    pair.relay.refuse(ErrorCode.RATE_LIMITED, "too many activations")
+    assert pair.relay.closed
+    sent = [decode_frame(f) for f in pair.relay.frames_to_send()]
+    assert [type(f) for f in sent] == [Error]
+    events = pair.client.receive_frame(encode_frame(sent[0]), NOW_MS)
+    assert terminated(events).code == "rate-limited"
+    assert not any(isinstance(e, SessionReady) for e in events)
+
+
+def test_an_activation_request_must_be_answered_before_activating() -> None:
+    relay = relay_for(make_org())
+    assert relay.receive_frame(encode_frame(Hello(version=1, mode=Mode.ACTIVATE)), NOW_MS) == [
+        ActivationRequested()
+    ]
+    early = Activation(session=bytes(16), payload=b"x", server=SERVER)
+    assert terminated(relay.receive_frame(encode_frame(early), NOW_MS)).code == "unexpected"
+    # An admission decided after the activation lifetime ends the session instead.
+    relay = relay_for(make_org(), config=RelayConfig(activation_lifetime_ms=5000))
+    relay.receive_frame(encode_frame(Hello(version=1, mode=Mode.ACTIVATE)), NOW_MS)
+    assert terminated(relay.admit(NOW_MS + 5000)).reason == "activation took too long"
+    assert relay.closed
 
 
 def test_activation_connection_has_an_absolute_lifetime() -> None:

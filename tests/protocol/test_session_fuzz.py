@@ -38,6 +38,7 @@ from sealwire.protocol.frames import (
 )
 from sealwire.protocol.session import (
     ActivationReceived,
+    ActivationRequested,
     ActivationSubmitted,
     ClientSession,
     ClientState,
@@ -69,6 +70,7 @@ from tests.protocol.test_session import (
 _ORG = make_org()
 _LIMITS = RelayConfig(max_pending=3, max_unacked=3, idle_timeout_ms=60_000)
 _RELAY_EVENTS = (
+    ActivationRequested,
     ClientVerified,
     EnvelopeSubmitted,
     DeliveriesAcknowledged,
@@ -245,6 +247,8 @@ def test_activation_session_at_the_relay(steps: list[tuple[str, object]]) -> Non
     pair = Pair(ClientSession(config=CONFIG), relay_for(_ORG, config=_LIMITS))
     pair.client.connect_for_activation(NOW_MS)
     pair.pump()
+    pair.relay.admit(NOW_MS)
+    pair.pump()
     assert pair.relay.state is RelayState.ACTIVATING
     _drive_relay(pair, steps, max_pending=0, max_unacked=3)
 
@@ -306,6 +310,8 @@ def test_open_server_client_session(steps: list[tuple[str, object]]) -> None:
 def test_activating_client_session(steps: list[tuple[str, object]]) -> None:
     pair = Pair(ClientSession(config=CONFIG), relay_for(_ORG))
     pair.client.connect_for_activation(NOW_MS)
+    pair.pump()
+    pair.relay.admit(NOW_MS)
     pair.pump()
     assert pair.client.state is ClientState.ACTIVATING
     _drive_client(pair.client, steps, 1)

@@ -1,6 +1,6 @@
 """Relay fixtures.
 
-Backends: every :class:`~sealwire.relay.backend.RelayBackend` runs the contract suite
+Backends: every :class:`~sealwire.relay.backends.base.RelayBackend` runs the contract suite
 (``test_backend_contract.py``) through the ``backend_factory`` fixture. To add a backend, add
 one entry to :data:`BACKENDS`: an ``async def make(store, limits) -> RelayBackend`` returning
 an *unstarted* backend. Called again with the same ``store`` directory it must return a new
@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from sealwire.relay.backend import QueueLimits, RelayBackend, StoredEnvelope
-from sealwire.relay.queue_sqlite import SqliteBackend
+from sealwire.relay.backends.base import QueueLimits, RelayBackend, StoredEnvelope
+from sealwire.relay.backends.sqlite import SqliteBackend
 
 T = TypeVar("T")
 
@@ -72,7 +72,7 @@ async def make_nats(store: Path, limits: QueueLimits) -> RelayBackend:
 
     import nats.js.errors
 
-    from sealwire.relay.queue_nats import NatsBackend
+    from sealwire.relay.backends.nats import NatsBackend
 
     url = NATS_URL
     nc = await connect_nats()
@@ -103,7 +103,7 @@ BACKENDS: dict[str, BackendMaker] = {"sqlite": make_sqlite, "nats": make_nats}
 
 
 class RecordingListener:
-    """A :class:`~sealwire.relay.backend.BackendListener` that remembers every signal."""
+    """A :class:`~sealwire.relay.backends.base.BackendListener` that remembers every signal."""
 
     def __init__(self) -> None:
         self.queued: list[bytes] = []

@@ -1,5 +1,5 @@
-"""The :class:`~sealwire.relay.backend.RelayBackend` contract, run against every backend in
-``conftest.BACKENDS`` (see the docstring of :mod:`sealwire.relay.backend`).
+"""The :class:`~sealwire.relay.backends.base.RelayBackend` contract, run against every backend in
+``conftest.BACKENDS`` (see the docstring of :mod:`sealwire.relay.backends.base`).
 
 The repository runs pytest without an asyncio plugin: each test is a plain function that runs
 one coroutine with :func:`tests.relay.conftest.run`.
@@ -13,7 +13,7 @@ import hashlib
 import pytest
 
 from sealwire.errors import QueueFull, StorageError
-from sealwire.relay.backend import QueueLimits, RelayBackend, StoredEnvelope
+from sealwire.relay.backends.base import QueueLimits, RelayBackend, StoredEnvelope
 from tests.relay.conftest import BackendFactory, RecordingListener, run
 
 ALICE = b"A" * 32

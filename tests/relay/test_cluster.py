@@ -31,7 +31,7 @@ def prefix() -> Iterator[str]:
 
 
 async def _destroy(prefix: str) -> None:
-    from sealwire.relay.queue_nats import NatsBackend
+    from sealwire.relay.backends.nats import NatsBackend
 
     backend = NatsBackend(NATS_URL, prefix=prefix)
     await backend.destroy()

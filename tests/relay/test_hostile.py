@@ -67,8 +67,7 @@ from sealwire.protocol.session import (
     RequestRejected,
     SessionTerminated,
 )
-from sealwire.transport import RelayConnection
-from sealwire.transport.relay_client import RequestRefused, SessionEnded
+from sealwire.transport import RelayConnection, RequestRefused, SessionEnded
 
 from .harness import LiveDevice, LiveOrg, RelayProcess, live_org, now_ms, receive
 
@@ -77,9 +76,14 @@ FRAME_RATE = 2_000
 FRAME_BURST = 1_000
 OTHER_SOURCE = "127.0.0.2"
 """A second loopback address: another client "host" for the per-source limits."""
-NORMAL_LATENCY_S = 1.0
+NORMAL_LATENCY_S = 5.0
 """Generous bound on one envelope's trip from a sender to a connected recipient under attack
-(it takes a few milliseconds on an idle relay)."""
+(it takes a few milliseconds on an idle relay; a starved pair would hit the 10 s timeouts)."""
+FLOOD_FRAME_RATE = 200
+FLOOD_FRAME_BURST = 100
+"""The frame limits of the relay the flood tests attack: far below what any client sends when
+flooding, however slow the machine (a relay that processes frames more slowly than its limit
+never sees a flood), and far above what a well-behaved pair sends."""
 MIB = 1024
 
 _serial = itertools.count(1)
@@ -133,12 +137,32 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
         relay.stop()
 
 
+@pytest.fixture(scope="module")
+def flood_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    """A relay for the flood tests: low frame limits, the default handshake timeout (a
+    flood that slows the machine must not cut the well-behaved clients' handshakes)."""
+    settings = {
+        **_SHARED_SETTINGS,
+        **_env(frame_rate=FLOOD_FRAME_RATE, frame_burst=FLOOD_FRAME_BURST),
+    }
+    del settings["SEALWIRE_RELAY_HANDSHAKE_TIMEOUT_S"]
+    relay = RelayProcess(tmp_path_factory.mktemp("flood") / "relay", env=settings)
+    relay.start()
+    try:
+        org = live_org()
+        asyncio.run(_register(relay.url, org))
+        yield Shared(relay, org)
+    finally:
+        relay.stop()
+
+
 @pytest.fixture(autouse=True)
 def _log_offset(request: pytest.FixtureRequest) -> None:
     """Each test answers for the errors the relay logged during that test only."""
-    if "shared" in request.fixturenames:
-        shared: Shared = request.getfixturevalue("shared")
-        shared.log_offset = shared.relay.log.stat().st_size
+    for name in ("shared", "flood_target"):
+        if name in request.fixturenames:
+            shared: Shared = request.getfixturevalue(name)
+            shared.log_offset = shared.relay.log.stat().st_size
 
 
 def _start_relay(tmp_path: Path, **settings: object) -> RelayProcess:
@@ -630,11 +654,28 @@ def test_oversized_frame(shared: Shared) -> None:
 # --- floods -----------------------------------------------------------------------------------
 
 
-async def _pair_keeps_exchanging(shared: Shared, until: asyncio.Future[Any]) -> list[float]:
-    """Exchange envelopes over one pair until ``until`` is done; return every trip's time."""
+@dataclass
+class _Pair:
+    alice: LiveDevice
+    bob: LiveDevice
+    a: RelayConnection
+    b: RelayConnection
+
+
+async def _connected_pair(shared: Shared) -> _Pair:
+    """A well-behaved pair, connected (before a flood starts: a handshake is not what the
+    flood tests measure)."""
     alice, bob = _device(shared.org), _device(shared.org)
-    a = await alice.connect(shared.url)
-    b = await bob.connect(shared.url)
+    return _Pair(alice, bob, await alice.connect(shared.url), await bob.connect(shared.url))
+
+
+async def _pair_keeps_exchanging(
+    shared: Shared, until: asyncio.Future[Any], pair: _Pair | None = None
+) -> list[float]:
+    """Exchange envelopes over one pair until ``until`` is done; return every trip's time."""
+    if pair is None:
+        pair = await _connected_pair(shared)
+    alice, bob, a, b = pair.alice, pair.bob, pair.a, pair.b
     trips: list[float] = []
     try:
         while not until.done() or len(trips) < 3:
@@ -651,27 +692,29 @@ async def _pair_keeps_exchanging(shared: Shared, until: asyncio.Future[Any]) -> 
     return trips
 
 
-def test_ping_flood_is_cut_with_rate_limited(shared: Shared) -> None:
+def test_ping_flood_is_cut_with_rate_limited(flood_target: Shared) -> None:
     """A session blasting Pings far above frame_rate is ended with ``rate-limited``; a pair on
     the same relay keeps exchanging envelopes within normal latency meanwhile."""
+    shared = flood_target
 
     async def body() -> tuple[Received, float, int, list[float]]:
+        pair = await _connected_pair(shared)
         flooder = await Driven.open(shared.url, _device(shared.org))
         sent = 0
 
         async def blast() -> None:
             nonlocal sent
             with contextlib.suppress(ConnectionClosed):
-                for i in range(20 * (FRAME_RATE + FRAME_BURST)):
+                for i in range(20 * (FLOOD_FRAME_RATE + FLOOD_FRAME_BURST)):
                     await flooder.ws.send(encode_frame(Ping(data=i)))
                     sent += 1
 
         started = time.perf_counter()
         blaster = asyncio.create_task(blast())
         reading = asyncio.create_task(
-            _read_until(flooder.ws, lambda f: isinstance(f, Error), timeout=30)
+            _read_until(flooder.ws, lambda f: isinstance(f, Error), timeout=60)
         )
-        trips = await _pair_keeps_exchanging(shared, reading)
+        trips = await _pair_keeps_exchanging(shared, reading, pair)
         got = await reading
         cut_after = time.perf_counter() - started
         await blaster
@@ -682,21 +725,28 @@ def test_ping_flood_is_cut_with_rate_limited(shared: Shared) -> None:
     assert [(e.code, e.ref) for e in got.errors] == [("rate-limited", None)]
     assert all(isinstance(f, Pong) for f in got.frames[:-1])
     # Cut once it is a burst beyond its bucket: not after every frame it sent.
-    assert FRAME_BURST * 2 <= len(got.frames) - 1 < sent
-    assert cut_after < 10
+    assert FLOOD_FRAME_BURST * 2 <= len(got.frames) - 1 < sent
+    assert cut_after < 30
     assert max(trips) < NORMAL_LATENCY_S, trips
     assert shared.relay.metric("sealwire_relay_sessions_closed_total", 'code="rate-limited"') >= 1
     _assert_serves(shared)
 
 
-def test_send_flood_is_refused_with_rate_limited(shared: Shared) -> None:
-    """Sends beyond frame_rate are refused one by one with ``rate-limited`` (or the session is
-    ended with it); the relay keeps serving others."""
+def test_send_flood_is_refused_with_rate_limited(flood_target: Shared) -> None:
+    """Sends within the burst are served; beyond frame_rate they are refused one by one with
+    ``rate-limited`` (or the session is ended with it); the relay keeps serving others."""
+    shared = flood_target
 
     async def body() -> tuple[int, dict[str, int], list[str]]:
         sender, sink = _device(shared.org), _device(shared.org)
         envelope = sender.seal_to(sink, b"flood")
         conn = await sender.connect(shared.url)
+        # Half a burst, one at a time: served. (Which Sends of the flood below are accepted
+        # depends on how fast the store commits: the session may be cut first.)
+        served = 0
+        for _ in range(FLOOD_FRAME_BURST // 2):
+            await conn.send(envelope)  # raises RequestRefused if the relay refused it
+            served += 1
         outcomes: dict[str, int] = {}
         ended: list[str] = []
 
@@ -710,15 +760,17 @@ def test_send_flood_is_refused_with_rate_limited(shared: Shared) -> None:
             else:
                 outcomes["accepted"] = outcomes.get("accepted", 0) + 1
 
-        await asyncio.gather(*(one() for _ in range(2 * (FRAME_RATE + FRAME_BURST))))
+        # The window (max_pending) puts up to 256 Sends on the wire at once: more than the
+        # burst, whatever the machine's speed.
+        await asyncio.gather(*(one() for _ in range(2 * (FLOOD_FRAME_RATE + FLOOD_FRAME_BURST))))
         await conn.close()
-        return outcomes.get("accepted", 0), outcomes, ended
+        return served, outcomes, ended
 
-    accepted, outcomes, ended = asyncio.run(body())
+    served, outcomes, ended = asyncio.run(body())
+    assert served == FLOOD_FRAME_BURST // 2  # the burst itself is served
     assert set(outcomes) <= {"accepted", "rate-limited"}, outcomes
     assert outcomes.get("rate-limited", 0) > 0 or "rate-limited" in ended, (outcomes, ended)
     assert set(ended) <= {"rate-limited"}, ended
-    assert accepted >= FRAME_BURST // 2, outcomes  # the burst itself is served
     assert shared.relay.metric("sealwire_relay_requests_rejected_total", 'code="rate-limited"') > 0
     _assert_serves(shared)
 
@@ -869,14 +921,15 @@ def test_slowloris_http_upgrade(shared: Shared) -> None:
     timeout; well-behaved clients are served meanwhile."""
 
     async def body() -> tuple[list[float], list[float]]:
+        pair = await _connected_pair(shared)
         attackers = asyncio.gather(
             *(_partial_upgrade(shared.url, trickle=i % 2 == 1) for i in range(200))
         )
-        trips = await _pair_keeps_exchanging(shared, attackers)
+        trips = await _pair_keeps_exchanging(shared, attackers, pair)
         return list(await attackers), trips
 
     durations, trips = asyncio.run(body())
-    assert max(durations) < HANDSHAKE_TIMEOUT_S + 3, max(durations)
+    assert max(durations) < HANDSHAKE_TIMEOUT_S + 8, max(durations)
     assert min(durations) >= HANDSHAKE_TIMEOUT_S / 2, min(durations)
     assert max(trips) < NORMAL_LATENCY_S, trips
     _assert_serves(shared)
@@ -899,8 +952,9 @@ def test_slowloris_sessions(shared: Shared) -> None:
     are ended with ``timeout`` at the handshake timeout; others are served meanwhile."""
 
     async def body() -> tuple[list[tuple[Received, float]], list[float]]:
+        pair = await _connected_pair(shared)
         stalled = asyncio.gather(*(_stall(shared.url, hello=i % 2 == 1) for i in range(100)))
-        trips = await _pair_keeps_exchanging(shared, stalled)
+        trips = await _pair_keeps_exchanging(shared, stalled, pair)
         return list(await stalled), trips
 
     results, trips = asyncio.run(body())
@@ -908,7 +962,7 @@ def test_slowloris_sessions(shared: Shared) -> None:
         expected = [Challenge, Error] if i % 2 else [Error]
         assert [type(f) for f in got.frames] == expected, got.frames
         assert got.errors[0].code == "timeout" and got.closed
-        assert HANDSHAKE_TIMEOUT_S / 2 <= took < HANDSHAKE_TIMEOUT_S + 3, took
+        assert HANDSHAKE_TIMEOUT_S / 2 <= took < HANDSHAKE_TIMEOUT_S + 8, took
     assert max(trips) < NORMAL_LATENCY_S, trips
     _assert_no_leaked_connections(shared.relay)
     _assert_serves(shared)

@@ -1,5 +1,5 @@
 """What only the cluster backend promises: several relay nodes (each its own
-:class:`~sealwire.relay.queue_nats.NatsBackend`) on one JetStream see one state, quotas hold
+:class:`~sealwire.relay.backends.nats.NatsBackend`) on one JetStream see one state, quotas hold
 when nodes race, expiry is reported once, and signals and activation messages cross nodes.
 
 Runs against a real NATS server with JetStream (``SEALWIRE_NATS_URL``, default the local one);
@@ -23,9 +23,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sealwire.errors import QueueFull, StorageError
-from sealwire.relay.backend import QueueLimits, StoredEnvelope
-from sealwire.relay.queue_nats import (
-    NatsBackend,
+from sealwire.relay.backends.base import QueueLimits, StoredEnvelope
+from sealwire.relay.backends.nats import NatsBackend
+from sealwire.relay.backends.nats._wire import (
     _decode_route,
     _decode_signal,
     _encode_route,
@@ -374,7 +374,7 @@ def test_a_malformed_signal_is_refused_without_details(caplog: pytest.LogCapture
             stored = await put(b, b"still works")
             assert await everything(b) == [stored]
 
-    with caplog.at_level(logging.DEBUG, logger="sealwire.relay.queue_nats"):
+    with caplog.at_level(logging.DEBUG, logger="sealwire.relay.backends.nats"):
         run(body())
     refusals = [r for r in caplog.records if "malformed queue signal" in r.getMessage()]
     assert len(refusals) == len(bad)

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from sealwire.relay import queue_schema
 from sealwire.relay.backend import QueueLimits
+from sealwire.relay.backends.sqlite import SqliteBackend
 from sealwire.relay.queue_schema import APPLICATION_ID, MIGRATIONS, QueueMigration, migrate
-from sealwire.relay.queue_sqlite import SqliteBackend
 from tests.relay.conftest import RecordingListener, run
 from tests.storage.schema import Schema, describe, differences
 

@@ -19,9 +19,9 @@ import pytest
 
 from sealwire.errors import QueueFull, StorageError
 from sealwire.relay import queue_schema
-from sealwire.relay.backend import QueueLimits, StoredEnvelope
+from sealwire.relay.backends.base import QueueLimits, StoredEnvelope
+from sealwire.relay.backends.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteBackend
 from sealwire.relay.queue_schema import QueueMigration
-from sealwire.relay.queue_sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteBackend
 from tests.relay.conftest import RecordingListener, run
 
 ALICE = b"A" * 32
@@ -301,7 +301,7 @@ def test_failing_listener_does_not_break_the_backend(
         finally:
             await backend.close()
 
-    with caplog.at_level(logging.ERROR, logger="sealwire.relay.queue_sqlite"):
+    with caplog.at_level(logging.ERROR, logger="sealwire.relay.backends.sqlite"):
         run(body())
     assert "listener" in caplog.text
     assert "A" * 32 not in caplog.text
@@ -311,8 +311,8 @@ CRASHING_RELAY = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from sealwire.relay.backend import QueueLimits
-    from sealwire.relay.queue_sqlite import SqliteBackend
+    from sealwire.relay.backends.base import QueueLimits
+    from sealwire.relay.backends.sqlite import SqliteBackend
 
     class Quiet:
         def envelope_queued(self, recipient, stored=None): pass

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from sealwire.relay.backend import QueueLimits, RelayBackend, StoredEnvelope
+from sealwire.relay.backends.base import QueueLimits, RelayBackend, StoredEnvelope
+from sealwire.relay.backends.sqlite import SqliteBackend
 from sealwire.relay.config import RelayServiceConfig
-from sealwire.relay.queue_sqlite import SqliteBackend
 from sealwire.relay.service import Relay
 
 from .conftest import run
@@ -256,7 +256,7 @@ def test_connection_lost_during_watch_leaks_nothing(tmp_path: Path) -> None:
             opening = asyncio.create_task(org.connect_server(url))
             await asyncio.wait_for(waiting.wait(), 5)
             for link in service._links:  # the server's connection drops mid-admission
-                link.ws.transport.abort()
+                link.wire.abort()
             with contextlib.suppress(BaseException):
                 await opening
             for _ in range(100):

@@ -123,6 +123,8 @@ def build() -> dict[str, Any]:
     )
     act.client.connect_for_activation(NOW_MS)
     act.pump()
+    act.relay.admit(NOW_MS)
+    act.pump()
     act.client.send_activation(bytes([0xA1]) * 16, b"device-to-server PAKE message", recipient)
     act.pump()
     act.relay.send_activation(bytes([0xA1]) * 16, b"server-to-device PAKE message")

@@ -36,9 +36,9 @@ from sealwire.protocol.activation import (
 from sealwire.protocol.directory import ActivationDirectory, SignedPolicy, verify_prekey
 from sealwire.protocol.identity import Certificate, ChainVerifier, Role, sign_prekey
 from sealwire.protocol.suite import SigningKey, XWingPrivateKey
+from sealwire.transport import Connector
 
 from .keys import PREKEY_LIFETIME_FACTOR
-from .link import Connector
 from .profile import join_chain
 from .store import MIN_PASSCODE, DeviceStore
 from .vault import passcode_facts

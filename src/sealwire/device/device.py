@@ -35,12 +35,12 @@ from sealwire.protocol.codec import Struct
 from sealwire.protocol.directory import DirectoryChanged, Policy, SignedPolicy, UserEntry
 from sealwire.protocol.identity import Certificate
 from sealwire.protocol.management import ComplianceIssue, SignedCommand
-from sealwire.transport import RelayConnection, SessionEnded
+from sealwire.transport import Connector, RelayConnection, SessionEnded
 
 from .activation import create_activated_store
 from .directory import Directory
 from .keys import Keys
-from .link import ActivationChannel, Connector, Link
+from .link import ActivationChannel, Link
 from .management import Management
 from .messages import Messages
 from .profile import Profile

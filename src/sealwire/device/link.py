@@ -57,8 +57,8 @@ from sealwire.protocol.management import (
     payload_type_of,
 )
 from sealwire.protocol.session import EnvelopeDelivered
-from sealwire.protocol.suite import SigningKey, XWingPrivateKey
-from sealwire.transport import RelayConnection, RequestRefused
+from sealwire.protocol.suite import XWingPrivateKey
+from sealwire.transport import Connector, RelayConnection, RequestRefused
 
 from .profile import Profile
 from .store import DeviceStore
@@ -72,20 +72,6 @@ M = TypeVar("M")
 
 ANSWER_TIMEOUT_S = 15.0
 """How long a question to the server waits for its answer."""
-
-
-class Connector(Protocol):
-    """How a device reaches its relay (:class:`~sealwire.transport.RelayConnection` itself)."""
-
-    async def open(
-        self, url: str, *, identity: SigningKey, chain: tuple[bytes, ...]
-    ) -> RelayConnection:
-        """A connection as this device (raises ``SessionEnded`` when refused)."""
-        ...
-
-    async def open_for_activation(self, url: str) -> RelayConnection:
-        """An anonymous connection to the relay's activation channel."""
-        ...
 
 
 class AskServer(Protocol):

@@ -83,6 +83,7 @@ from sealwire.protocol.suite import SigningKey, verify_signature
 __all__ = [
     "CONNECTION_LOST",
     "ActivationReceived",
+    "ActivationRequested",
     "ActivationSubmitted",
     "ClientConfig",
     "ClientSession",
@@ -180,6 +181,13 @@ class ClientVerified:
 
 
 @dataclass(frozen=True)
+class ActivationRequested:
+    """Relay: a client without a certificate asked for an activation-only session; call
+    :meth:`RelaySession.admit` or :meth:`RelaySession.refuse` (rate limits are the relay's
+    policy, as for :class:`ClientVerified`)."""
+
+
+@dataclass(frozen=True)
 class EnvelopeSubmitted:
     """Relay: the client submitted an envelope for ``recipient``; answer with
     :meth:`RelaySession.accept` once it is durable, or :meth:`RelaySession.reject`."""
@@ -252,6 +260,7 @@ Event = (
     | ActivationReceived
     | EnvelopeExpired
     | ClientVerified
+    | ActivationRequested
     | EnvelopeSubmitted
     | DeliveriesAcknowledged
     | ActivationSubmitted
@@ -865,6 +874,8 @@ class RelayState(enum.Enum):
     """Challenge sent."""
     VERIFIED = "verified"
     """Proof and chain verified; waiting for the relay's admission decision."""
+    ACTIVATION_REQUESTED = "activation-requested"
+    """A client asked for an activation-only session; waiting for the relay's decision."""
     OPEN = "open"
     """Authenticated session."""
     ACTIVATING = "activating"
@@ -873,11 +884,18 @@ class RelayState(enum.Enum):
 
 
 _R = RelayState
-_RELAY_LIVE = (_R.AWAIT_HELLO, _R.AWAIT_AUTH, _R.VERIFIED, _R.OPEN, _R.ACTIVATING)
+_RELAY_LIVE = (
+    _R.AWAIT_HELLO,
+    _R.AWAIT_AUTH,
+    _R.VERIFIED,
+    _R.ACTIVATION_REQUESTED,
+    _R.OPEN,
+    _R.ACTIVATING,
+)
 _RELAY_TABLE: Final[Mapping[tuple[RelayState, str], RelayState]] = {
     # received frames
     (_R.AWAIT_HELLO, "Hello/authenticate"): _R.AWAIT_AUTH,
-    (_R.AWAIT_HELLO, "Hello/activate"): _R.ACTIVATING,
+    (_R.AWAIT_HELLO, "Hello/activate"): _R.ACTIVATION_REQUESTED,
     (_R.AWAIT_AUTH, "Auth"): _R.VERIFIED,
     (_R.OPEN, "Send"): _R.OPEN,
     (_R.OPEN, "Ack"): _R.OPEN,
@@ -890,6 +908,8 @@ _RELAY_TABLE: Final[Mapping[tuple[RelayState, str], RelayState]] = {
     # local calls
     (_R.VERIFIED, "admit"): _R.OPEN,
     (_R.VERIFIED, "refuse"): _R.CLOSED,
+    (_R.ACTIVATION_REQUESTED, "admit"): _R.ACTIVATING,
+    (_R.ACTIVATION_REQUESTED, "refuse"): _R.CLOSED,
     (_R.OPEN, "accept"): _R.OPEN,
     (_R.OPEN, "reject"): _R.OPEN,
     (_R.OPEN, "deliver"): _R.OPEN,
@@ -1019,7 +1039,7 @@ class RelaySession(_Machine[RelayState]):
                 else:
                     self._deadline = self._connected_at + self._config.activation_lifetime_ms
                     self._deadline_reason = "activation took too long"
-                    self._queue(Ready(address=None, time=now, max_pending=_ACTIVATION_WINDOW))
+                    return [ActivationRequested()]
                 return []
             case Auth():
                 self._peer = self._verify(frame, now)
@@ -1125,7 +1145,8 @@ class RelaySession(_Machine[RelayState]):
     # local calls
 
     def admit(self, now: int) -> list[Event]:
-        """Open the verified session (the relay's admission checks passed).
+        """Open the verified session, or the requested activation-only session (the relay's
+        admission checks or rate limits passed).
 
         Returns:
             ``[]`` once Ready is queued; or, if a deadline passed while the relay decided (the
@@ -1133,20 +1154,25 @@ class RelaySession(_Machine[RelayState]):
             instead and the list holds that :class:`SessionTerminated`.
         """
         nxt = self._local("admit")
-        assert self._peer is not None
         self._tick(now)
         expired = self._expired(now)
         if expired is not None:
             return [self._terminate(expired.code, expired.reason)]
-        self._deadline = None
-        self._queue(
-            Ready(address=self._peer.address, time=now, max_pending=self._config.max_pending)
-        )
+        if nxt is RelayState.ACTIVATING:
+            # The activation lifetime (set at the Hello) stays the deadline.
+            self._queue(Ready(address=None, time=now, max_pending=_ACTIVATION_WINDOW))
+        else:
+            assert self._peer is not None
+            self._deadline = None
+            self._queue(
+                Ready(address=self._peer.address, time=now, max_pending=self._config.max_pending)
+            )
         self._set_state(nxt, "admit")
         return []
 
     def refuse(self, code: ErrorCode, reason: str = "") -> None:
-        """Refuse the verified client (``not-admitted``, ``revoked``...) and close."""
+        """Refuse the verified client (``not-admitted``, ``revoked``...) or the requested
+        activation session (``rate-limited``) and close."""
         self._local("refuse")
         self.close(code, reason)
 

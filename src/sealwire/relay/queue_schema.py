@@ -1,7 +1,7 @@
 """The embedded relay store's schema versions, frozen (the scheme of
 :mod:`sealwire.storage.migrations`, over a plain ``sqlite3`` connection).
 
-The relay store is one SQLite file owned by one process (:mod:`.queue_sqlite`), written with
+The relay store is one SQLite file owned by one process (:mod:`.backends.sqlite`), written with
 plain SQL and no SQLAlchemy (the relay does not load it). Its schema follows the same rules as
 the server's and the device's: each step's DDL is written out as it was released, steps are
 numbered 1, 2, 3 ... and applied in order, each in one transaction together with its version,

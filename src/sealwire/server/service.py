@@ -105,7 +105,7 @@ from sealwire.protocol.suite import (
     open_at_rest,
     seal_at_rest,
 )
-from sealwire.transport import RelayConnection, SessionEnded
+from sealwire.transport import Connector, RelayConnection, SessionEnded
 
 from .accounts import AdminAccounts
 from .administration import (
@@ -214,6 +214,8 @@ class EnterpriseServer:
                 ).check()
                 store.put_policy(conn, "default", settings.to_json(), clock(), "system")
         self.administration = Administration(self)
+        self.connector: Connector = RelayConnection
+        """How the server reaches the relay (tests inject an in-process relay)."""
         self._conn: RelayConnection | None = None
         self._connected = asyncio.Event()
         self._runs: dict[bytes, tuple[ServerActivation, float]] = {}
@@ -342,7 +344,7 @@ class EnterpriseServer:
         delay = 0.25
         while not self._stopping:
             try:
-                conn = await RelayConnection.open(
+                conn = await self.connector.open(
                     self.relay_url,
                     identity=self._identity,
                     chain=self._chain,

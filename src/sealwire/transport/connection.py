@@ -1,6 +1,7 @@
 """A client's connection to a relay: one sans-IO :class:`ClientSession` driven over a
-``websockets`` connection (devices and enterprise servers use it; so do the relay's tests and
-benchmarks).
+:class:`~sealwire.transport.base.FrameChannel` (a WebSocket by default, :mod:`.websocket`; or
+an in-process pipe, :mod:`.memory`). Devices and enterprise servers use it; so do the relay's
+tests and benchmarks.
 
 The edge is thin: a reader feeds received messages to the session and dispatches its events, a
 writer sends what the session queued, a timer handles pings and deadlines. Requests
@@ -16,13 +17,10 @@ import functools
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-
-from sealwire.errors import RemoteProtocolError, TransportError
-from sealwire.protocol.frames import MAX_FRAME_SIZE, MAX_REVOKE_ADDRESSES, relay_id_for
+from sealwire.errors import TransportError
+from sealwire.protocol.frames import MAX_REVOKE_ADDRESSES, relay_id_for
 from sealwire.protocol.session import (
     ActivationReceived,
     ClientConfig,
@@ -38,21 +36,10 @@ from sealwire.protocol.session import (
 )
 from sealwire.protocol.suite import SigningKey
 
-__all__ = ["RelayConnection", "RequestRefused", "SessionEnded"]
+from .base import ChannelClosed, FrameChannel, RequestRefused, SessionEnded
+from .websocket import dial
 
-
-class RequestRefused(RemoteProtocolError):
-    """The relay refused one request (``code`` is ``queue-full``, ``rate-limited``,
-    ``unknown-server`` or ``unavailable``); the session goes on."""
-
-
-class SessionEnded(TransportError):
-    """The relay session is over: ``code`` says why (a wire code, or ``connection-lost``)."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(f"relay session ended: {code}" + (f" ({reason})" if reason else ""))
-        self.code = code
-        self.reason = reason
+__all__ = ["Connector", "RelayConnection", "RequestRefused", "SessionEnded"]
 
 
 def _now_ms() -> int:
@@ -60,7 +47,9 @@ def _now_ms() -> int:
 
 
 class RelayConnection:
-    """A connected relay session. Make one with :meth:`open` or :meth:`open_for_activation`.
+    """A connected relay session (it implements :class:`~sealwire.transport.base.RelayLink`).
+    Make one with :meth:`open` or :meth:`open_for_activation` (over a WebSocket: the class is
+    the default :class:`Connector`), or with :meth:`start` over any channel.
 
     Deliveries, activation messages and expiry notices arrive on queues (``deliveries``,
     ``activations``, ``expiries``). The relay's delivery window bounds what an honest relay
@@ -68,9 +57,9 @@ class RelayConnection:
     """
 
     def __init__(
-        self, ws: ClientConnection, session: ClientSession, clock: Callable[[], int]
+        self, channel: FrameChannel, session: ClientSession, clock: Callable[[], int]
     ) -> None:
-        self._ws = ws
+        self._channel = channel
         self._session = session
         self._clock = clock
         self._waiting: dict[int, asyncio.Future[None]] = {}
@@ -116,9 +105,8 @@ class RelayConnection:
         session = ClientSession(
             identity, chain, root=root, config=ClientConfig(relay_id=relay_id_for(url))
         )
-        conn = await cls._dial(url, session, ssl_context, timeout, clock)
-        session.connect(clock())
-        return await conn._await_ready(timeout)
+        channel = await dial(url, ssl_context, timeout)
+        return await cls.start(channel, session, timeout=timeout, clock=clock)
 
     @classmethod
     async def open_for_activation(
@@ -131,36 +119,32 @@ class RelayConnection:
     ) -> RelayConnection:
         """Connect in activation mode (a device without a certificate yet)."""
         session = ClientSession(config=ClientConfig(relay_id=relay_id_for(url)))
-        conn = await cls._dial(url, session, ssl_context, timeout, clock)
-        session.connect_for_activation(clock())
-        return await conn._await_ready(timeout)
+        channel = await dial(url, ssl_context, timeout)
+        return await cls.start(channel, session, activation=True, timeout=timeout, clock=clock)
 
     @classmethod
-    async def _dial(
+    async def start(
         cls,
-        url: str,
+        channel: FrameChannel,
         session: ClientSession,
-        ssl_context: ssl.SSLContext | None,
-        timeout: float,
-        clock: Callable[[], int],
+        *,
+        activation: bool = False,
+        timeout: float = 15.0,
+        clock: Callable[[], int] = _now_ms,
     ) -> RelayConnection:
-        kwargs: dict[str, Any] = {}
-        if ssl_context is not None:
-            kwargs["ssl"] = ssl_context
-        try:
-            ws = await connect(
-                url,
-                compression=None,
-                max_size=MAX_FRAME_SIZE,
-                max_queue=16,
-                open_timeout=timeout,
-                ping_interval=None,
-                close_timeout=2,
-                **kwargs,
-            )
-        except (TimeoutError, OSError, InvalidHandshake, InvalidURI) as exc:
-            raise TransportError(f"cannot reach the relay at {url}: {exc}") from exc
-        return cls(ws, session, clock)
+        """Connect ``session`` (new) over an open ``channel``, in activation mode or not, and
+        wait until the relay opens it (the connectors call this once they have a channel).
+
+        Raises:
+            SessionEnded: the relay ended the session during the handshake.
+            TransportError: the relay did not open the session within ``timeout``.
+        """
+        conn = cls(channel, session, clock)
+        if activation:
+            session.connect_for_activation(clock())
+        else:
+            session.connect(clock())
+        return await conn._await_ready(timeout)
 
     async def _await_ready(self, timeout: float) -> RelayConnection:
         self._wake.set()
@@ -252,13 +236,12 @@ class RelayConnection:
         """Close the connection (a clean WebSocket close), after sending what is queued (an
         acknowledgement just given is not lost)."""
         if self._session.state is not ClientState.CLOSED:
-            with contextlib.suppress(ConnectionClosed, OSError):
+            with contextlib.suppress(ChannelClosed):
                 for frame in self._session.frames_to_send():
-                    await self._ws.send(frame)
+                    await self._channel.send(frame)
             self._session.connection_lost()
         self._finish(SessionEnded("closed", "closed by us"))
-        with contextlib.suppress(Exception):
-            await self._ws.close()
+        await self._channel.close()
         for task in (self._reader, self._writer):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -278,26 +261,24 @@ class RelayConnection:
 
     async def _read(self) -> None:
         try:
-            async for message in self._ws:
+            while (message := await self._channel.receive()) is not None:
                 if isinstance(message, str):
                     continue
                 self._dispatch(self._session.receive_frame(message, self._clock()))
                 self._wake.set()
                 self._arm_timer()
-        except ConnectionClosed:
-            pass
         finally:
             self._dispatch(self._session.connection_lost())
 
     async def _write(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
+        with contextlib.suppress(ChannelClosed):
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 for frame in self._session.frames_to_send():
-                    await self._ws.send(frame)
+                    await self._channel.send(frame)
                 if self._session.state is ClientState.CLOSED:
-                    await self._ws.close()
+                    await self._channel.close()
                     return
 
     def _dispatch(self, events: list[Event]) -> None:
@@ -354,3 +335,33 @@ class RelayConnection:
         self._dispatch(self._session.handle_timer(self._clock()))
         self._wake.set()
         self._arm_timer()
+
+
+class Connector(Protocol):
+    """Opens relay links: :class:`RelayConnection` itself (over a WebSocket, the default) or
+    :class:`~sealwire.transport.memory.MemoryRelay` (an in-process relay, for tests)."""
+
+    async def open(
+        self,
+        url: str,
+        *,
+        identity: SigningKey,
+        chain: Sequence[bytes],
+        root: bytes | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 15.0,
+        clock: Callable[[], int] = _now_ms,
+    ) -> RelayConnection:
+        """See :meth:`RelayConnection.open`."""
+        ...
+
+    async def open_for_activation(
+        self,
+        url: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 15.0,
+        clock: Callable[[], int] = _now_ms,
+    ) -> RelayConnection:
+        """See :meth:`RelayConnection.open_for_activation`."""
+        ...

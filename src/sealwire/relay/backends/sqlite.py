@@ -28,8 +28,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import errno
-import fcntl
 import functools
 import hashlib
 import logging
@@ -37,12 +35,12 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 from sealwire.errors import LocalProtocolError, QueueFull, StorageError
-from sealwire.relay.backend import (
+from sealwire.relay.backends.base import (
     BackendListener,
     ExpiryNotice,
     QueueLimits,
@@ -51,6 +49,29 @@ from sealwire.relay.backend import (
 )
 from sealwire.relay.queue_schema import APPLICATION_ID, SCHEMA_VERSION, check_schema, migrate
 
+from ._sqlite_io import (
+    _ID_SIZE,
+    _STOP,
+    _Acknowledge,
+    _as_storage_error,
+    _connect,
+    _Enqueue,
+    _first_id_after,
+    _int64,
+    _Item,
+    _lock,
+    _next_batch,
+    _Operation,
+    _read_notices,
+    _read_pending,
+    _resolve,
+    _rowids,
+    _signal,
+    _storage_errors,
+    _Transaction,
+    _unanswered,
+)
+
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteBackend"]
 
 _log = logging.getLogger(__name__)
@@ -58,11 +79,6 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _DEFAULT_LIMITS: Final = QueueLimits()
-_ID_SIZE: Final = 8
-"""Delivery and notice ids are the SQLite rowid as 8 big-endian bytes: they sort as bytes in
-acceptance order."""
-_MAX_ROWID: Final = 2**63 - 1
-_BUSY_TIMEOUT_MS: Final = 5_000
 _EXPIRE_CHUNK: Final = 256
 """Envelopes expired per transaction (envelopes are at most 256 KiB: 64 MiB at most in memory)."""
 _MIN_SQLITE: Final = (3, 35, 0)
@@ -77,74 +93,10 @@ _DELETE_ENVELOPES: Final = (
 )
 _DELETE_CHUNK: Final = 256
 """Ids per DELETE statement (well under SQLite's bound on parameters)."""
-_SELECT_PENDING: Final = (
-    "SELECT id, envelope, accepted_at FROM envelopes"
-    " WHERE recipient = ? AND id > ? AND accepted_at > ? ORDER BY id LIMIT ?"
-)
-
-
-class _Enqueue:
-    __slots__ = ("accepted_at", "envelope", "future", "organisation", "recipient")
-
-    def __init__(
-        self,
-        recipient: bytes,
-        envelope: bytes,
-        accepted_at: int,
-        organisation: bytes,
-        future: asyncio.Future[Any],
-    ) -> None:
-        self.recipient = recipient
-        self.envelope = envelope
-        self.accepted_at = accepted_at
-        self.organisation = organisation
-        self.future = future
-
-
-class _Acknowledge:
-    __slots__ = ("future", "ids", "recipient")
-
-    def __init__(self, recipient: bytes, ids: list[int], future: asyncio.Future[Any]) -> None:
-        self.recipient = recipient
-        self.ids = ids
-        self.future = future
-
-
-class _Operation:
-    """Any other write: ``run(txn)`` inside the batch's transaction. It may raise
-    :class:`StorageError` *before writing anything* to refuse (the caller gets that error, the
-    rest of the batch commits); any other exception aborts the batch."""
-
-    __slots__ = ("future", "run")
-
-    def __init__(self, run: Callable[[_Transaction], Any], future: asyncio.Future[Any]) -> None:
-        self.run = run
-        self.future = future
-
-
-_Item = _Enqueue | _Acknowledge | _Operation
-_STOP: Final = object()
-"""Put on the writer queue by :meth:`SqliteBackend.close`: flush what came before, then exit."""
-
-
-class _Transaction:
-    """What one batch changed, staged until its commit: quota usage, and the work for the loop
-    (cache updates before the callers resume, listener signals after)."""
-
-    __slots__ = ("bytes_delta", "count_delta", "cursor", "queued", "results", "updates", "usage")
-
-    def __init__(self, cursor: sqlite3.Cursor) -> None:
-        self.cursor = cursor
-        self.usage: dict[bytes, list[int]] = {}
-        self.count_delta = 0
-        self.bytes_delta = 0
-        self.results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        self.updates: list[Callable[[], None]] = []
-        self.queued: list[StoredEnvelope] = []
 
 
 class SqliteBackend(RelayBackend):
-    """The embedded :class:`~sealwire.relay.backend.RelayBackend`: SQLite, WAL, group commit.
+    """The embedded :class:`~sealwire.relay.backends.base.RelayBackend`: SQLite, WAL, group commit.
 
     Args:
         path: the database file (created with its schema if missing). Next to it SQLite keeps
@@ -279,7 +231,9 @@ class SqliteBackend(RelayBackend):
             return []
         first = 0 if after is None else _first_id_after(after)
         cutoff = _int64(now - self.limits.lifetime_ms)
-        return await self._read(self._read_pending, recipient, first, cutoff, _int64(limit))
+        return await self._read(
+            _read_pending, self._read_connection, recipient, first, cutoff, _int64(limit)
+        )
 
     async def acknowledge(self, recipient: bytes, delivery_ids: Sequence[bytes]) -> None:
         """See :meth:`RelayBackend.acknowledge`. Ids this backend never issued are ignored."""
@@ -327,7 +281,7 @@ class SqliteBackend(RelayBackend):
         if limit < 1:
             self._open_loop()
             return []
-        return await self._read(self._read_notices, organisation, _int64(limit))
+        return await self._read(_read_notices, self._read_connection, organisation, _int64(limit))
 
     async def clear_notices(self, organisation: bytes, notice_ids: Sequence[bytes]) -> None:
         """See :meth:`RelayBackend.clear_notices`. Unknown ids are ignored."""
@@ -440,13 +394,7 @@ class SqliteBackend(RelayBackend):
         callers, then hand the listener every stored envelope, in delivery-id order."""
         for update in updates:
             update()
-        for future, value, error in results:
-            if future.done():  # the caller was cancelled; what it sent may still be stored
-                continue
-            if error is None:
-                future.set_result(value)
-            else:
-                future.set_exception(error)
+        _resolve(results)
         if queued and self._listener is not None:
             envelope_queued = self._listener.envelope_queued
             for stored in queued:
@@ -477,35 +425,13 @@ class SqliteBackend(RelayBackend):
     def _fail_leftovers(self) -> None:
         """Answer whatever is still queued once the writer stops (only after an internal
         error: close() puts its stop marker after every write it lets in)."""
-        closed = StorageError("relay store is closed")
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, _Enqueue | _Acknowledge | _Operation):
-                results.append((item.future, None, closed))
+        results = _unanswered(self._queue, StorageError("relay store is closed"))
         if results:
             self._hand_out(results, [], ())
 
     def _write_until_stopped(self) -> None:
-        get, get_nowait, batch_max = self._queue.get, self._queue.get_nowait, self._batch_max
         while True:
-            batch: list[_Item] = []
-            stop = False
-            item = get()
-            while True:
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(cast(_Item, item))
-                if len(batch) >= batch_max:
-                    break
-                try:
-                    item = get_nowait()
-                except queue.Empty:
-                    break
+            batch, stop = _next_batch(self._queue, self._batch_max)
             if batch:
                 self._commit(batch)
             if stop:
@@ -686,124 +612,9 @@ class SqliteBackend(RelayBackend):
     # --- the reader thread ----------------------------------------------------------------
 
     def _open_reader(self) -> None:
-        connection = _connect(self.path)
-        connection.execute("PRAGMA query_only = ON")
-        self._read_connection = connection
+        self._read_connection = _connect(self.path, read_only=True)
 
     def _close_reader(self) -> None:
         if self._read_connection is not None:
             self._read_connection.close()
             self._read_connection = None
-
-    def _read_pending(
-        self, recipient: bytes, first: int, cutoff: int, limit: int
-    ) -> list[StoredEnvelope]:
-        assert self._read_connection is not None
-        # fetchall(): the read transaction ends here, so the next read sees the next commit.
-        rows = self._read_connection.execute(
-            _SELECT_PENDING, (recipient, first, cutoff, limit)
-        ).fetchall()
-        return [
-            StoredEnvelope(rowid.to_bytes(_ID_SIZE, "big"), recipient, envelope, accepted_at)
-            for rowid, envelope, accepted_at in rows
-        ]
-
-    def _read_notices(self, organisation: bytes, limit: int) -> list[ExpiryNotice]:
-        assert self._read_connection is not None
-        rows = self._read_connection.execute(
-            "SELECT id, recipient, digest, accepted_at FROM notices"
-            " WHERE organisation = ? ORDER BY id LIMIT ?",
-            (organisation, limit),
-        ).fetchall()
-        return [
-            ExpiryNotice(rowid.to_bytes(_ID_SIZE, "big"), organisation, recipient, digest, at)
-            for rowid, recipient, digest, at in rows
-        ]
-
-
-# --- helpers --------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _storage_errors(what: str) -> Iterator[None]:
-    """The boundary: every SQLite error becomes a :class:`StorageError` (the service answers
-    ``unavailable``). SQLite's messages name the failure, never the data."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise StorageError(f"relay store: {what} failed: {exc}") from exc
-
-
-def _as_storage_error(exc: Exception) -> Exception:
-    """A write failed: SQLite's errors are translated by the caller (:func:`_storage_errors`);
-    anything else (a value SQLite cannot store, such as a time beyond 64 bits) becomes a
-    :class:`StorageError` here, so nothing else reaches the service."""
-    if isinstance(exc, StorageError):
-        return exc
-    if isinstance(exc, sqlite3.Error):
-        translated = StorageError(f"relay store: write failed: {exc}")
-        translated.__cause__ = exc
-        return translated
-    error = StorageError(f"relay store: cannot store this request ({exc.__class__.__name__})")
-    error.__cause__ = exc
-    return error
-
-
-def _signal(method: Callable[..., None], *args: Any) -> None:
-    """Call a listener method; a failing listener must not break the backend."""
-    try:
-        method(*args)
-    except Exception:
-        _log.exception("relay backend listener %s failed", getattr(method, "__name__", "?"))
-
-
-def _int64(value: int) -> int:
-    """``value`` within SQLite's INTEGER range (times and limits from the caller)."""
-    return max(-_MAX_ROWID - 1, min(value, _MAX_ROWID))
-
-
-def _rowids(ids: Sequence[bytes]) -> list[int]:
-    """The rowids these delivery or notice ids name; any other bytes name nothing."""
-    rowids = [int.from_bytes(i, "big") for i in ids if len(i) == _ID_SIZE]
-    return [rowid for rowid in rowids if rowid <= _MAX_ROWID]
-
-
-def _first_id_after(after: bytes) -> int:
-    """The rowid above which every id is greater than ``after`` compared as bytes (a cursor
-    normally is one of our 8-byte ids, but a client may send any bytes)."""
-    if len(after) >= _ID_SIZE:
-        # An 8-byte id equal to after[:8] is a prefix of a longer ``after``, hence smaller.
-        return min(int.from_bytes(after[:_ID_SIZE], "big"), _MAX_ROWID)
-    # A shorter ``after`` is smaller than every id starting with it: the first id greater is
-    # ``after`` padded with zero bytes.
-    return min(int.from_bytes(after.ljust(_ID_SIZE, b"\0"), "big") - 1, _MAX_ROWID)
-
-
-def _lock(path: Path) -> int:
-    lock_path = path.with_name(path.name + "-lock")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise StorageError(f"relay store: cannot open {lock_path}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise StorageError(
-                f"relay store {path.name} is in use by another relay backend;"
-                " stop the other relay process first"
-            ) from exc
-        raise StorageError(f"relay store: cannot lock {lock_path}: {exc.strerror}") from exc
-    return fd
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    # isolation_level=None: no implicit transactions; the writer issues BEGIN IMMEDIATE itself.
-    connection = sqlite3.connect(path, isolation_level=None, cached_statements=64)
-    try:
-        connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-    except BaseException:
-        connection.close()
-        raise
-    return connection
