@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sealwire._system import write_private
 from sealwire.errors import AdminError, AuthenticationFailed, ConfigError, TransportError
 from sealwire.settings import Section, load
 
@@ -222,7 +223,7 @@ class AdminClient:
             "POST", "/v1/session", body={"username": username, "password": password}, auth=False
         )
         token = str(answer["token"])
-        _write_private(self.token_file, token + "\n")
+        write_private(self.token_file, token + "\n")
         return token
 
     def logout(self) -> None:
@@ -237,15 +238,6 @@ class AdminClient:
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
 
 
 def read_password(prompt: str, path: str | None, env: str, *, confirm: bool) -> str:

@@ -24,12 +24,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from sealwire._system import now_ms
 from sealwire.errors import DeviceLocked, SealwireError, TransportError
 from sealwire.protocol.codec import Struct
 from sealwire.protocol.directory import DirectoryChanged, Policy, SignedPolicy, UserEntry
@@ -55,10 +55,6 @@ A = TypeVar("A")
 
 MAINTAIN_WAIT_S = 3.0
 """How long opening a connection waits for the server's list of our own devices."""
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -94,7 +90,7 @@ class Device:
         self,
         store: DeviceStore,
         *,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
         random: Callable[[int], bytes] = os.urandom,
         connector: Connector = RelayConnection,
     ) -> None:
@@ -165,7 +161,7 @@ class Device:
         cls,
         home: str | Path,
         *,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
         random: Callable[[int], bytes] = os.urandom,
         connector: Connector = RelayConnection,
     ) -> Device:
@@ -195,7 +191,7 @@ class Device:
         password: str,
         passcode: str,
         *,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
         random: Callable[[int], bytes] = os.urandom,
         timeout: float = 60.0,
         connector: Connector = RelayConnection,

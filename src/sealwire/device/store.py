@@ -48,7 +48,6 @@ import enum
 import hashlib
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from sealwire._system import now_ms, write_private
 from sealwire.errors import (
     ConfigError,
     CryptoError,
@@ -248,10 +248,6 @@ class _Attempts(Struct):
     limit: int = wire(1, min_value=1, max_value=1000)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _session_paths(home: Path) -> list[Path]:
     """Where a session key may be, preferred first: a tmpfs directory if one is set
     (``SEALWIRE_SESSION_DIR``, then ``XDG_RUNTIME_DIR``), else the home."""
@@ -287,16 +283,6 @@ def _erase_file(path: Path) -> None:
             os.fsync(handle.fileno())
     with contextlib.suppress(OSError):
         path.unlink()
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class DeviceStore:
@@ -343,7 +329,7 @@ class DeviceStore:
         remote_secret: bytes,
         *,
         random: Callable[[int], bytes] = os.urandom,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
         params: Argon2Params | None = None,
         attempt_limit: int = 10,
     ) -> DeviceStore:
@@ -371,8 +357,8 @@ class DeviceStore:
                 random=random,
             ),
         )
-        _write_private(home / "device.key", key_file.encode())
-        _write_private(home / "attempts", _Attempts(failed=0, limit=attempt_limit).encode())
+        write_private(home / "device.key", key_file.encode())
+        write_private(home / "attempts", _Attempts(failed=0, limit=attempt_limit).encode())
         store = cls(home, _open_db(home), random=random, clock=clock)
         store._boot, store._key = boot_key, data_key
         store._write_session()
@@ -384,7 +370,7 @@ class DeviceStore:
         home: Path,
         *,
         random: Callable[[int], bytes] = os.urandom,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> DeviceStore:
         """Open the store in ``home``; it is unlocked if a session is open and has not been
         idle longer than the policy's auto-lock delay.
@@ -453,7 +439,7 @@ class DeviceStore:
             ) from None
         attempts = self._attempts()
         if attempts.failed:
-            _write_private(self.home / "attempts", _Attempts(0, attempts.limit).encode())
+            write_private(self.home / "attempts", _Attempts(0, attempts.limit).encode())
         self._boot = boot_key
         self._boot_wrapped = key_file.boot
 
@@ -497,7 +483,7 @@ class DeviceStore:
                 "this device has erased its keys and messages. Ask your administrator for a "
                 "new activation"
             )
-        _write_private(self.home / "attempts", _Attempts(failed, attempts.limit).encode())
+        write_private(self.home / "attempts", _Attempts(failed, attempts.limit).encode())
         return attempts.limit - failed
 
     def _attempts(self) -> _Attempts:
@@ -510,7 +496,7 @@ class DeviceStore:
         """Apply the policy's wrong-passcode limit and auto-lock delay."""
         attempts = self._attempts()
         if attempts.limit != attempt_limit:
-            _write_private(
+            write_private(
                 self.home / "attempts", _Attempts(attempts.failed, attempt_limit).encode()
             )
         if self._auto_lock_s != auto_lock_s:
@@ -541,7 +527,7 @@ class DeviceStore:
             last_active=self._last_active or self._clock(),
             auto_lock_s=self._auto_lock_s,
         )
-        _write_private(_session_path(self.home), session.encode())
+        write_private(_session_path(self.home), session.encode())
 
     # --- the remote secret's offline cache ------------------------------------------------
 
@@ -552,7 +538,7 @@ class DeviceStore:
         if path is None or until <= self._clock():
             self.forget_remote_secret()
             return
-        _write_private(path, _Grace(secret=secret, until=until).encode())
+        write_private(path, _Grace(secret=secret, until=until).encode())
 
     def cached_remote_secret(self) -> bytes | None:
         """The cached remote secret, unless its grace has ended (then it is erased)."""
@@ -606,7 +592,7 @@ class DeviceStore:
             boot=_wrap_boot(self._boot, new_passcode, params, self._random),
             data=key_file.data,
         )
-        _write_private(self.home / "device.key", renewed.encode())
+        write_private(self.home / "device.key", renewed.encode())
 
     def erase(self) -> None:
         """Wipe: erase the key file first (without it nothing else opens), then the

@@ -8,12 +8,12 @@ table in docs/OPERATIONS.md is generated from those docstrings.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sealwire._system import is_loopback
 from sealwire.errors import ConfigError
 from sealwire.protocol.frames import canonical_origin
 from sealwire.protocol.session import RelayConfig
@@ -145,15 +145,6 @@ class RelayServiceConfig:
         return Path(self.data)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _problems(config: RelayServiceConfig) -> list[tuple[str, str]]:
     """``(setting, message)`` for each setting ``config`` cannot run with."""
     problems: list[tuple[str, str]] = []
@@ -177,7 +168,7 @@ def _problems(config: RelayServiceConfig) -> list[tuple[str, str]]:
     if bool(config.tls_cert) != bool(config.tls_key):
         name = "tls_cert" if config.tls_cert else "tls_key"
         problems.append((name, "relay TLS: give both tls_cert and tls_key, or neither"))
-    elif not config.tls_cert and not config.allow_plain and not _is_loopback(config.host):
+    elif not config.tls_cert and not config.allow_plain and not is_loopback(config.host):
         problems.append(
             (
                 "host",

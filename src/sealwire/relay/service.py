@@ -33,6 +33,7 @@ from typing import Any
 
 from websockets.asyncio.server import Server
 
+from sealwire._system import now_ms
 from sealwire.errors import ConfigError, QueueFull, StorageError
 from sealwire.protocol.frames import ERROR_CODES, ErrorCode, relay_id_for
 from sealwire.protocol.identity import ChainVerifier, Role, short_address
@@ -68,10 +69,6 @@ _RESYNC_S = 30.0
 """How often sessions re-read their queue from the start when signals may be lost."""
 _CLOSE_GRACE_S = 2.0
 """How long a session we ended may take to flush its error frame before the socket is cut."""
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _short(address: bytes | None) -> str:
@@ -111,7 +108,7 @@ class Relay:
         config: RelayServiceConfig,
         *,
         backend: RelayBackend | None = None,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         self.config = config
         self.backend = backend if backend is not None else make_backend(config)

@@ -15,10 +15,10 @@ import asyncio
 import contextlib
 import functools
 import ssl
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from sealwire._system import now_ms
 from sealwire.errors import TransportError
 from sealwire.protocol.frames import MAX_REVOKE_ADDRESSES, relay_id_for
 from sealwire.protocol.session import (
@@ -40,10 +40,6 @@ from .base import ChannelClosed, FrameChannel, RequestRefused, SessionEnded
 from .websocket import dial
 
 __all__ = ["Connector", "RelayConnection", "RequestRefused", "SessionEnded"]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class RelayConnection:
@@ -88,7 +84,7 @@ class RelayConnection:
         root: bytes | None = None,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 15.0,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> RelayConnection:
         """Connect to the relay at ``url`` and authenticate.
 
@@ -115,7 +111,7 @@ class RelayConnection:
         *,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 15.0,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> RelayConnection:
         """Connect in activation mode (a device without a certificate yet)."""
         session = ClientSession(config=ClientConfig(relay_id=relay_id_for(url)))
@@ -130,7 +126,7 @@ class RelayConnection:
         *,
         activation: bool = False,
         timeout: float = 15.0,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> RelayConnection:
         """Connect ``session`` (new) over an open ``channel``, in activation mode or not, and
         wait until the relay opens it (the connectors call this once they have a channel).
@@ -350,7 +346,7 @@ class Connector(Protocol):
         root: bytes | None = None,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 15.0,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> RelayConnection:
         """See :meth:`RelayConnection.open`."""
         ...
@@ -361,7 +357,7 @@ class Connector(Protocol):
         *,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 15.0,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> RelayConnection:
         """See :meth:`RelayConnection.open_for_activation`."""
         ...

@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sealwire._system import now_ms
 from sealwire.errors import ConfigError, TransportError
 from sealwire.protocol.frames import canonical_origin, relay_id_for
 from sealwire.protocol.session import ClientConfig, ClientSession
@@ -43,10 +43,6 @@ MEMORY_ORIGIN = "wss://relay.in-memory.test"
 over the network instead of through the injected connector fails at once)."""
 
 _SOURCE = "in-memory"
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _Pipe:
@@ -132,7 +128,7 @@ class MemoryRelay:
     @classmethod
     @contextlib.asynccontextmanager
     async def running(
-        cls, data: Path, *, clock: Callable[[], int] = _now_ms, **settings: Any
+        cls, data: Path, *, clock: Callable[[], int] = now_ms, **settings: Any
     ) -> AsyncIterator[MemoryRelay]:
         """A started in-process relay with its SQLite queue in ``data``, stopped at the end.
 
@@ -177,7 +173,7 @@ class MemoryRelay:
         root: bytes | None = None,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 15.0,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> RelayConnection:
         """See :meth:`RelayConnection.open`: the same session, over an in-memory pipe.
 
@@ -197,7 +193,7 @@ class MemoryRelay:
         *,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 15.0,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> RelayConnection:
         """See :meth:`RelayConnection.open_for_activation`."""
         channel = self._connect(url)

@@ -35,12 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import os
 import socket
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import uvicorn
@@ -51,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sealwire import __version__
 from sealwire._http_errors import by_code
+from sealwire._system import is_loopback, write_private
 from sealwire.errors import AuthenticationFailed, ConfigError
 
 from ..accounts import PERMISSIONS, Permission, require
@@ -212,15 +210,6 @@ _TOO_LARGE: Final = f"the request body is larger than {MAX_BODY} bytes"
 # --- serving ----------------------------------------------------------------------------------
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(config: ServerConfig) -> tuple[str, int, bool]:
     """Where the admin API is to listen: ``(host, port, tls)``.
 
@@ -229,7 +218,7 @@ def check_bind(config: ServerConfig) -> tuple[str, int, bool]:
     """
     host, port = config.admin_address
     tls = bool(config.admin_tls_cert and config.admin_tls_key)
-    if not tls and not _loopback(host) and not config.admin_allow_plain:
+    if not tls and not is_loopback(host) and not config.admin_allow_plain:
         raise ConfigError(
             f"the admin API would listen on {host}:{port} without TLS: administrator passwords "
             "and tokens would cross the network in the clear. Set admin_tls_cert and "
@@ -301,7 +290,7 @@ class AdminApi:
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"{'https' if tls else 'http'}://{shown}:{bound_port}"
-        _write_private(self._url_file, self.url + "\n")
+        write_private(self._url_file, self.url + "\n")
         log.info("admin API listening", extra={"url": self.url})
         return self.url
 
@@ -317,12 +306,3 @@ class AdminApi:
         await served.shutdown()
         with contextlib.suppress(FileNotFoundError):
             self._url_file.unlink()
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
