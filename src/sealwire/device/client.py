@@ -100,6 +100,7 @@ from sealwire.protocol.management import (
     CommandResult,
     CommandStatus,
     ComplianceIssue,
+    DeviceErased,
     DeviceReport,
     FetchRemoteSecret,
     ManagementAnswer,
@@ -425,7 +426,7 @@ class Device:
         """
         if self._wiped:
             raise DeviceWiped("this device was wiped: activate it again")
-        await in_thread(self.store.unlock_boot, passcode)
+        await self._unlock_boot_or_report_erasure(passcode)
         try:
             self._load()
             self.store.set_policy_limits(
@@ -447,6 +448,35 @@ class Device:
             raise
         except BaseException:
             self.lock()
+            raise
+
+    async def _unlock_boot_or_report_erasure(self, passcode: str) -> None:
+        """Check the passcode (:meth:`DeviceStore.unlock_boot`). When that was the last wrong
+        passcode the policy allows, the store has erased the device: if this process still
+        holds the identity key from an earlier unlock, the server is told (``DeviceErased``,
+        through the relay's activation channel, best effort, a few seconds at most), so that
+        it marks the device wiped and peers stop sealing to it. Then DeviceWiped is raised.
+        """
+        try:
+            await in_thread(self.store.unlock_boot, passcode)
+        except DeviceWiped:
+            identity = getattr(self, "_identity", None)
+            if identity is None:  # never unlocked in this process: nothing can sign it now
+                raise
+            erased = DeviceErased(failed_attempts=self._policy.max_failed_attempts)
+            envelope = self._seal(
+                self._server_peer, payload_type_of(erased), encode_management_message(erased)
+            )
+            with contextlib.suppress(SealwireError, TimeoutError):
+                async with asyncio.timeout(_COMMAND_RESULT_WAIT_S):
+                    conn = await RelayConnection.open_for_activation(self._directory.relay)
+                    try:
+                        payload = encode_message(UnlockRequest(envelope=envelope))
+                        await conn.send_activation(self._random(16), payload, self.server_address)
+                        # No answer comes; give the relay a moment to pass it on.
+                        await asyncio.sleep(0.5)
+                    finally:
+                        await conn.close()
             raise
 
     async def _fetch_remote_secret(self) -> bytes:
