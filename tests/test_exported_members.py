@@ -110,6 +110,7 @@ EXPECTED = {
         "CommandResult",
         "CommandStatus",
         "ComplianceIssue",
+        "DeviceErased",
         "DeviceReport",
         "FetchRemoteSecret",
         "ManagementAnswer",

@@ -37,7 +37,7 @@ from .policy import (
     effective_policy,
     issue_names,
 )
-from .store import LIVE_DEVICE_STATES, DeviceState, ServerStore, UserState
+from .store import LIVE_DEVICE_STATES, DeviceState, ServerStore, UserExists, UserState
 from .tickets import Tickets, check_ticket_lifetime
 
 __all__ = [
@@ -264,7 +264,9 @@ class Administration:
         if not 1 <= len(display_name) <= MAX_DISPLAY_NAME:
             raise ValueError(f"a display name has 1 to {MAX_DISPLAY_NAME} characters")
         check_ticket_lifetime(lifetime_s)
-        with self._db.transaction() as conn:  # fail early, before the Argon2id work
+        if self._store.users([username]):  # fail early, before the Argon2id work
+            raise UserExists(f"a person with the user name {username!r} exists already")
+        with self._db.transaction() as conn:
             for name in groups:
                 self._group_id(conn, name)
         new = await self._tickets.make(lifetime_s)

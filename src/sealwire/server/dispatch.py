@@ -82,7 +82,7 @@ class Dispatcher:
         directory: directory queries, prekeys, certificate renewal.
         management: reports, command results, remote secrets.
         activation_step: feeds one activation-run message; returns what to send back.
-        listed: called with a person's name when one of their devices is listed.
+        entry_changed: called with a person's name when one of their devices is listed.
         clock: Unix milliseconds.
     """
 
@@ -98,7 +98,7 @@ class Dispatcher:
         directory: DirectoryService,
         management: Management,
         activation_step: Callable[[ActivationReceived], list[bytes]],
-        listed: Callable[[str], None],
+        entry_changed: Callable[[str], None],
         clock: Callable[[], int],
     ) -> None:
         self._address = address
@@ -108,7 +108,7 @@ class Dispatcher:
         self._store = store
         self._authority = authority
         self._activation_step = activation_step
-        self._listed = listed
+        self._entry_changed = entry_changed
         self._clock = clock
         # Devices that were wiped or revoked are still answered on management payloads:
         # that is how they learn they must erase themselves.
@@ -182,7 +182,7 @@ class Dispatcher:
             self._store.confirm_device(device.address)
             device = self._store.device(signer.subject)
             if device is not None:  # listed from now on: caches holding its person go stale
-                self._listed(device.username)
+                self._entry_changed(device.username)
         decoder = self._decoders.get(opened.payload_type)
         if device is None or decoder is None or device.state not in decoder.states:
             if device is None or device.state != DeviceState.ACTIVE:

@@ -298,7 +298,7 @@ class Pushes:
 
         self._link.spawn(later())
 
-    def listed(self, username: str) -> None:
+    def entry_changed(self, username: str) -> None:
         """A device of ``username`` is listed from now on, or is not any more: caches holding
         the person go stale (told in the background)."""
         self._link.spawn(self.directory_changed([username]))

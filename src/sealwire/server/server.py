@@ -153,7 +153,7 @@ class EnterpriseServer:
             ticket_key=keys.ticket_key,
             send_revocations=self.pushes.send_revocations,
             revoke_soon=self.pushes.revoke_soon,
-            entry_changed=self.pushes.listed,
+            entry_changed=self.pushes.entry_changed,
             clock=clock,
         )
         self.dispatch = Dispatcher(
@@ -166,7 +166,7 @@ class EnterpriseServer:
             directory=DirectoryService(store=store, authority=self.authority, clock=clock),
             management=self.management,
             activation_step=self.activation.step,
-            listed=self.pushes.listed,
+            entry_changed=self.pushes.entry_changed,
             clock=clock,
         )
         self.administration = Administration(
