@@ -60,9 +60,9 @@ async def _run(rounds: int, base: Path) -> dict[str, list[float]]:
     from sealwire.device import Device
     from sealwire.errors import SealwireError
     from sealwire.protocol.suite import Argon2Params, derive_passcode_key
+    from sealwire.server import EnterpriseServer
     from sealwire.server.administration import PolicySettings
     from sealwire.server.config import ServerConfig
-    from sealwire.server.service import EnterpriseServer
 
     relay = RelayProcess(base / "relay", env=RELAY_ENV).start()
     server = EnterpriseServer.open(ServerConfig(data=str(base / "org"), relay=relay.url))

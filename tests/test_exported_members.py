@@ -172,6 +172,7 @@ EXPECTED = {
         "CommandResult",
         "CommandStatus",
         "ComplianceIssue",
+        "DeviceErased",
         "DeviceReport",
         "FetchRemoteSecret",
         "ManagementAnswer",

@@ -43,8 +43,8 @@ from sealwire.protocol.directory import DirectoryQuery, encode_directory_message
 from sealwire.protocol.envelope import PayloadType, seal
 from sealwire.protocol.frames import Activation, decode_frame, encode_frame
 from sealwire.protocol.suite import SigningKey, XWingPublicKey
+from sealwire.server import EnterpriseServer
 from sealwire.server.config import ServerConfig
-from sealwire.server.service import EnterpriseServer
 from sealwire.server.store import TicketState
 from sealwire.transport import RelayConnection
 
@@ -142,8 +142,7 @@ def test_expired_password_fails(tmp_path: Path, database_url: str) -> None:
 
     async def scenario() -> None:
         async with in_process_server(tmp_path / "org", relay.url, database_url, clock) as server:
-            server.add_user("bob", "Bob")
-            issued = await server.issue_ticket("bob", lifetime_s=60)
+            issued = await server.administration.add_user("test", "bob", "Bob", lifetime_s=60)
             ticket_id = ticket_from_text(issued.ticket).ticket_id
             home = tmp_path / "bob"
             # Still valid: a wrong password is counted as such.
@@ -312,8 +311,7 @@ def test_tampering_relay_causes_failure_not_a_wrong_key(tmp_path: Path, database
             proxy.running(proxy_port),
             in_process_server(tmp_path / "org", proxy_url, database_url) as server,
         ):
-            server.add_user("carol", "Carol")
-            issued = await server.issue_ticket("carol")
+            issued = await server.administration.add_user("test", "carol", "Carol")
             ticket_id = ticket_from_text(issued.ticket).ticket_id
             assert ticket_from_text(issued.ticket).relay == proxy_url
             left = 5
@@ -338,7 +336,7 @@ def test_tampering_relay_causes_failure_not_a_wrong_key(tmp_path: Path, database
             # administrators. The person needs a new activation password. (A fresh ticket:
             # the runs above spent the first one's five attempts.)
             assert left == 0
-            issued = await server.issue_ticket("carol")
+            issued = await server.administration.issue_ticket("test", "carol")
             ticket_id = ticket_from_text(issued.ticket).ticket_id
             proxy.tamper, proxy.tampered = _answer_flipped, []
             home = tmp_path / "carol-answer"
@@ -357,7 +355,7 @@ def test_tampering_relay_causes_failure_not_a_wrong_key(tmp_path: Path, database
             # Control: the same path, untouched, activates -- so every failure above was the
             # tampering's doing -- and the key the device holds is the one the server certified.
             proxy.tamper, proxy.seen = None, []
-            again = await server.issue_ticket("carol")
+            again = await server.administration.issue_ticket("test", "carol")
             device = await activate(tmp_path / "carol-ok", again.ticket, again.password)
             assert proxy.seen == [
                 "ActivationStart",
@@ -388,9 +386,8 @@ def test_another_organisation_cannot_activate_or_use_the_directory(tmp_path: Pat
             in_process_server(tmp_path / "org-b", relay.url, "") as org_b,
         ):
             assert org_a.organisation != org_b.organisation
-            org_a.add_user("dave", "Dave A")
-            org_b.add_user("dave", "Dave B")
-            issued_b = await org_b.issue_ticket("dave")
+            await org_a.administration.add_user("test", "dave", "Dave A")
+            issued_b = await org_b.administration.add_user("test", "dave", "Dave B")
             ticket_b = ticket_from_text(issued_b.ticket)
 
             # B's ticket (and password) pointed at A's server: A knows no such ticket.

@@ -40,6 +40,7 @@ from sealwire.protocol.management import (
     CommandResult,
     CommandStatus,
     ComplianceIssue,
+    DeviceErased,
     DeviceReport,
     FetchRemoteSecret,
     ManagementAnswer,
@@ -65,7 +66,10 @@ ORG = make_org()
 SERVER = ORG.server
 ALICE = ORG.device(10)
 BOB = ORG.device(11)
-EXAMPLES = [value for _, value in structures()]
+EXAMPLES = [value for _, value in structures()] + [DeviceErased(failed_attempts=10)]
+"""One of each member: the pinned vectors' structures, and those added since (no vector)."""
+WITHOUT_VECTOR = {DeviceErased}
+"""Members added after the vectors were pinned (strict decoder tests instead)."""
 
 PAYLOAD_TYPES = {
     DeviceReport: PayloadType.CONTROL,
@@ -75,6 +79,7 @@ PAYLOAD_TYPES = {
     CommandResult: PayloadType.COMMAND,
     FetchRemoteSecret: PayloadType.CONTROL,
     RemoteSecretAnswer: PayloadType.CONTROL,
+    DeviceErased: PayloadType.CONTROL,
 }
 """The payload type of every member, as docs/protocol/MANAGEMENT.md lists them."""
 
@@ -86,6 +91,7 @@ CODES = {
     CommandResult: 5,
     FetchRemoteSecret: 6,
     RemoteSecretAnswer: 7,
+    DeviceErased: 8,
 }
 
 # --- strategies: every field within its bounds -------------------------------------------------
@@ -176,6 +182,7 @@ management_messages = st.one_of(
         secret=st.none(),
         policy=st.none() | signed_policies,
     ),
+    st.builds(DeviceErased, failed_attempts=st.integers(1, MAX_FAILED_ATTEMPTS)),
 )
 
 
@@ -465,8 +472,38 @@ def test_values_at_their_bounds_are_accepted(name: str, path: tuple[int, ...], v
 @pytest.mark.parametrize(
     "value",
     [
+        {},
+        {0: 0},
+        {0: MAX_FAILED_ATTEMPTS + 1},
+        {0: -1},
+        {0: True},
+        {0: "3"},
+        {0: 3.0},
+        {0: 3, 1: 0},
+    ],
+    ids=repr,
+)
+def test_a_malformed_device_erased_is_refused(value: Any) -> None:
+    """Strict like its family (no vector: it was added after they were pinned)."""
+    with pytest.raises(DecodeError):
+        decode_management_message(PayloadType.CONTROL, cbor2.dumps([CODE["DeviceErased"], value]))
+
+
+@pytest.mark.parametrize("attempts", [1, MIN_FAILED_ATTEMPTS, MAX_FAILED_ATTEMPTS])
+def test_a_device_erased_within_its_bounds_is_accepted(attempts: int) -> None:
+    data = cbor2.dumps([CODE["DeviceErased"], {0: attempts}])
+    message = decode_management_message(PayloadType.CONTROL, data)
+    assert message == DeviceErased(failed_attempts=attempts)
+    assert encode_management_message(message) == data
+    with pytest.raises(DecodeError):
+        decode_management_message(PayloadType.COMMAND, data)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
         [0, {}],  # unknown codes
-        [8, {}],
+        [9, {}],
         [True, body("CommandResult")],  # a boolean is not a code
         [5, body("CommandResult"), 0],  # not a pair
         [5],
@@ -984,7 +1021,9 @@ def test_vectors_cover_every_message() -> None:
         "RemoteSecretAnswer",
         "RemoteSecretAnswer/wipe",
     ]
-    assert {v["type"] for v in VECTORS["vectors"]} == {cls.__name__ for cls in CODES}
+    assert {v["type"] for v in VECTORS["vectors"]} == {
+        cls.__name__ for cls in CODES if cls not in WITHOUT_VECTOR
+    }
 
 
 @pytest.mark.vectors

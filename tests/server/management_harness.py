@@ -15,9 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from sealwire.device import Device
+from sealwire.server import EnterpriseServer
 from sealwire.server.administration import Administration, DeviceView
 from sealwire.server.config import ServerConfig
-from sealwire.server.service import EnterpriseServer
 from sealwire.server.store import managed
 
 from ..relay.harness import RelayProcess

@@ -1,7 +1,7 @@
 """Activation attempts are counted when a run starts (issue 14, item 4): however many runs
 are open at once against one ticket, at most ``ticket_attempts`` of them are handed the
 password scalar, so at most that many guesses are ever checked. Driven in-process through
-``EnterpriseServer._activation_step`` (the path relay activation frames take) against the real
+``EnterpriseServer.activation.step`` (the path relay activation frames take) against the real
 store, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from sealwire.protocol.activation import (
 from sealwire.protocol.identity import sign_prekey
 from sealwire.protocol.session import ActivationReceived
 from sealwire.protocol.suite import SigningKey, XWingPrivateKey
+from sealwire.server import EnterpriseServer
 from sealwire.server.config import ServerConfig
-from sealwire.server.service import EnterpriseServer
 from sealwire.server.store import ServerStore, TicketState
 
 ATTEMPTS = 5
@@ -66,8 +66,7 @@ def server(
 
 
 def _ticket(server: EnterpriseServer) -> tuple[ActivationTicket, str]:
-    server.add_user("dora", "Dora")
-    issued = asyncio.run(server.issue_ticket("dora"))
+    issued = asyncio.run(server.administration.add_user("test", "dora", "Dora"))
     return ticket_from_text(issued.ticket), issued.password
 
 
@@ -93,7 +92,7 @@ def _device(ticket: ActivationTicket, password: str) -> DeviceActivation:
 def _step(server: EnterpriseServer, session: bytes, data: list[bytes]) -> list[bytes]:
     out: list[bytes] = []
     for payload in data:
-        out += server._activation_step(ActivationReceived(session=session, payload=payload))
+        out += server.activation.step(ActivationReceived(session=session, payload=payload))
     return out
 
 
@@ -177,7 +176,7 @@ def test_an_abandoned_last_attempt_burns_the_ticket(
     assert record is not None and (record.state, record.attempts_left) == (TicketState.OPEN, 0)
     # The runs are never confirmed; once they expire the ticket is burned.
     later = time.monotonic() + 3600
-    monkeypatch.setattr("sealwire.server.service.time.monotonic", lambda: later)
+    monkeypatch.setattr("sealwire.server.activation.time.monotonic", lambda: later)
     late = _device(ticket, "WRNG-WRNG-WRNX")
     assert _refusal(_step(server, b"\xfd" * 16, late.data_to_send())) is RefusalCode.UNKNOWN_TICKET
     record = server.store.ticket(ticket.ticket_id)

@@ -30,11 +30,11 @@ from fastapi.routing import APIRoute
 
 from sealwire.errors import ConfigError
 from sealwire.protocol.suite import Argon2Params
+from sealwire.server import EnterpriseServer
 from sealwire.server.accounts import PERMISSIONS, AdminAccounts, Permission, Role
 from sealwire.server.administration import PolicySettings
 from sealwire.server.api import COMMAND_PERMISSIONS, MAX_BODY, AdminApi, Endpoint, check_bind
 from sealwire.server.config import ServerConfig
-from sealwire.server.service import EnterpriseServer
 
 from ..e2e.harness import cli
 

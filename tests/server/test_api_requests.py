@@ -19,10 +19,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from sealwire.server import EnterpriseServer
 from sealwire.server.accounts import Role
 from sealwire.server.api import create_app
 from sealwire.server.api.refusals import BURST, MAX_KEYS, WINDOW_S, Refusal, RefusalAudit
-from sealwire.server.service import EnterpriseServer
 
 from .test_api import PASSWORD, open_server
 

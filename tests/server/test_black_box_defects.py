@@ -360,9 +360,9 @@ def test_the_relay_going_away_mid_answer_is_not_logged_as_a_failure(
                     self.ended = asyncio.get_running_loop().create_future()
                     self.activations: asyncio.Queue[object] = asyncio.Queue()
 
-            server._deliveries = ended  # type: ignore[method-assign]
+            server.link._deliveries = ended  # type: ignore[method-assign]
             with caplog.at_level(logging.INFO, logger="sealwire"):
-                await server._serve(Conn())  # type: ignore[arg-type]
+                await server.link._serve(Conn())  # type: ignore[arg-type]
             errors = [
                 r
                 for r in caplog.records

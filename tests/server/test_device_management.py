@@ -255,7 +255,7 @@ def test_a_lock_command_locks_a_connected_device_within_a_second(
             async with phone.online():
                 await phone._management.run_commands(
                     [
-                        org.server.sign_command(
+                        org.server.authority.sign_command(
                             _command(phone.address, bytes.fromhex(command.command_id))
                         )
                     ]

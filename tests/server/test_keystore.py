@@ -19,7 +19,7 @@ from sealwire.server.keystore import (
     load_keys,
     save_keys,
 )
-from sealwire.server.service import _new_keys
+from sealwire.server.server import _new_keys
 
 PASSPHRASE = "operator passphrase 42"
 

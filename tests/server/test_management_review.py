@@ -36,10 +36,9 @@ from sealwire.protocol.management import (
     FetchRemoteSecret,
     encode_management_message,
 )
-from sealwire.protocol.session import EnvelopeDelivered
 from sealwire.protocol.suite import XWingPrivateKey
+from sealwire.server import EnterpriseServer
 from sealwire.server.administration import PolicySettings
-from sealwire.server.service import EnterpriseServer
 from sealwire.server.store import managed
 from sealwire.transport import RelayConnection, SessionEnded
 
@@ -108,8 +107,8 @@ async def unlock_via_server(device: Device) -> None:
 
 def link_alive(server: EnterpriseServer) -> bool:
     """The server's relay-link task still runs (it reconnects by itself while it does)."""
-    task = server._tasks[0]
-    return not task.done()
+    task = server.link.task
+    return task is not None and not task.done()
 
 
 def test_a_low_order_reply_key_in_an_unlock_request_keeps_the_server_link(
@@ -132,7 +131,7 @@ def test_a_low_order_reply_key_in_an_unlock_request_keeps_the_server_link(
             finally:
                 await conn.close()
             # One bad request must not end the server's relay link ...
-            assert link_alive(org.server), repr(org.server._tasks[0].exception())
+            assert link_alive(org.server), repr(org.server.link.task)
             # ... and it goes on answering other devices.
             await asyncio.wait_for(unlock_via_server(bob), 10)
 
@@ -149,7 +148,7 @@ def test_a_low_order_reply_key_in_the_delivery_stream_keeps_the_server_link(
             async with mallory.online():
                 await mallory._link.send_envelope(fetch_request(mallory, low_order_reply_key()))
                 await asyncio.sleep(1.5)
-            assert link_alive(org.server), repr(org.server._tasks[0].exception())
+            assert link_alive(org.server), repr(org.server.link.task)
             async with bob.online():
                 assert await asyncio.wait_for(bob.devices("bob"), 5)
 
@@ -262,16 +261,20 @@ def test_commands_for_another_device_forged_or_from_another_organisation_are_ign
             bob = await org.person("bob")
             async with bob.online():
                 # Signed by our server, for Alice: replayed to Bob.
-                for_alice = org.server.sign_command(command_for(alice.address, CommandKind.WIPE))
+                for_alice = org.server.authority.sign_command(
+                    command_for(alice.address, CommandKind.WIPE)
+                )
                 # For Bob, signature forged (one bit flipped).
-                good = org.server.sign_command(command_for(bob.address, CommandKind.WIPE))
+                good = org.server.authority.sign_command(command_for(bob.address, CommandKind.WIPE))
                 forged = dataclasses.replace(
                     good, signature=bytes([good.signature[0] ^ 1]) + good.signature[1:]
                 )
                 # For Bob, validly signed by another organisation's server.
-                foreign = other.server.sign_command(command_for(bob.address, CommandKind.WIPE))
+                foreign = other.server.authority.sign_command(
+                    command_for(bob.address, CommandKind.WIPE)
+                )
                 # A lock with a new passcode, by the other server.
-                foreign_lock = other.server.sign_command(
+                foreign_lock = other.server.authority.sign_command(
                     command_for(bob.address, CommandKind.LOCK, new_passcode="attacker 123")
                 )
                 await bob._management.run_commands([for_alice, forged, foreign, foreign_lock])
@@ -305,12 +308,16 @@ def test_an_older_or_foreign_policy_is_not_applied(tmp_path: Path, relay: RelayP
             older = dataclasses.replace(
                 current, issued_at=current.issued_at - 10, max_failed_attempts=10, version=9
             )
-            await phone._management.policy_pushed(SignedPolicy.sign(older, org.server._identity))
+            await phone._management.policy_pushed(
+                SignedPolicy.sign(older, org.server.authority.identity)
+            )
             # A newer one from another organisation's server.
             newer = dataclasses.replace(
                 current, issued_at=current.issued_at + 10, max_failed_attempts=10, version=9
             )
-            await phone._management.policy_pushed(SignedPolicy.sign(newer, other.server._identity))
+            await phone._management.policy_pushed(
+                SignedPolicy.sign(newer, other.server.authority.identity)
+            )
             assert phone.policy == current
             assert phone.store._attempts().limit == 3
 
@@ -330,9 +337,9 @@ def test_unlock_requests_replayed_foreign_or_from_wiped_devices(
             server = org.server
             # An unlock request is answered once; the same envelope again is dropped.
             request = UnlockRequest(envelope=fetch_request(alice))
-            first = server._unlock(request)
+            first = server.dispatch.handle_unlock(request)
             assert first is not None and isinstance(decode_message(first), UnlockAnswer)
-            assert server._unlock(request) is None
+            assert server.dispatch.handle_unlock(request) is None
             # Another organisation's device, sealed to our server: dropped, both through the
             # activation channel and through the delivery stream.
             foreign = dataclasses.replace(alice._profile.server_peer)
@@ -347,16 +354,16 @@ def test_unlock_requests_replayed_foreign_or_from_wiped_devices(
                     )
                 ),
             )
-            assert server._unlock(UnlockRequest(envelope=envelope)) is None
+            assert server.dispatch.handle_unlock(UnlockRequest(envelope=envelope)) is None
             recorder = RecordingConn()
-            await server._handle_envelope(
-                recorder,  # type: ignore[arg-type]
-                EnvelopeDelivered(delivery_id=b"1", envelope=envelope),
-            )
+            await server.dispatch.handle_envelope(recorder, envelope)
             assert recorder.sent == []
             # An invalid ML-KEM reply key: dropped, the server goes on.
             bad = b"\xff" * 1184 + XWingPrivateKey.generate(os.urandom).public_key.raw[1184:]
-            assert server._unlock(UnlockRequest(envelope=fetch_request(alice, bad))) is None
+            assert (
+                server.dispatch.handle_unlock(UnlockRequest(envelope=fetch_request(alice, bad)))
+                is None
+            )
             # A wiped device asking for its secret is told to erase itself.
             await org.admin.command(ADMIN, alice.address.hex(), "wipe")
             with pytest.raises(DeviceWiped):
@@ -383,10 +390,7 @@ def test_a_command_result_for_another_devices_command_is_ignored(
                     PayloadType.COMMAND,
                     encode_management_message(result),
                 )
-                await org.server._handle_envelope(
-                    recorder,  # type: ignore[arg-type]
-                    EnvelopeDelivered(delivery_id=b"1", envelope=envelope),
-                )
+                await org.server.dispatch.handle_envelope(recorder, envelope)
             assert org.admin.command_status(command.command_id).state == "queued"
             assert mallory.address not in org.server.store.pending_revocations()
 
@@ -551,7 +555,7 @@ def test_no_secret_or_passcode_is_logged(
         logged.extend(repr(value) for value in record.__dict__.values())
     text = "\n".join(logged)
     names = {record.name for record in caplog.records}
-    assert "sealwire.server.service" in names
+    assert any(name.startswith("sealwire.server.") for name in names)
     assert any(name.startswith("sealwire.device.") for name in names)
     for needle in (PASSCODE, new_passcode, "wrong guess 1"):
         assert needle not in text

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from sealwire.device import Device
+from sealwire.server import EnterpriseServer
 from sealwire.server.config import ServerConfig
-from sealwire.server.service import EnterpriseServer
 from sealwire.transport.memory import MemoryRelay
 
 from ..server.management_harness import ADMIN, PASSCODE, Clock, Org

@@ -41,8 +41,8 @@ async def _tour(root: Path) -> None:
     from sealwire.protocol.identity import short_address
     from sealwire.relay.config import load_config
     from sealwire.relay.service import Relay
+    from sealwire.server import EnterpriseServer
     from sealwire.server.config import load_server_config
-    from sealwire.server.service import EnterpriseServer
 
     _say(f"Sealwire demo in {root}\n")
     relay = Relay(
@@ -69,8 +69,7 @@ async def _tour(root: Path) -> None:
         )
         devices = {}
         for name, display in (("alice", "Alice Example"), ("bob", "Bob Example")):
-            server.add_user(name, display)
-            issued = await server.issue_ticket(name)
+            issued = await server.administration.add_user("demo", name, display)
             _say(f"3. The administrator adds {display}: ticket {issued.ticket[:40]}…")
             _say(f"   and one-time password {issued.password} (48 h, 5 attempts).")
             devices[name] = await Device.activate(

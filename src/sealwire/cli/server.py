@@ -138,8 +138,8 @@ async def _start_server(config: Any, passphrase: str | None) -> tuple[Any, Any, 
     """Open the server, make its first administrator if it has none, serve the admin API,
     start the relay link. Returns the server, the admin API and where the first
     administrator's password was written (``None`` if there were administrators already)."""
+    from sealwire.server import EnterpriseServer
     from sealwire.server.api import AdminApi, check_bind
-    from sealwire.server.service import EnterpriseServer
 
     check_bind(config)  # refuse a plain-text admin API off loopback before touching anything
     server = EnterpriseServer.open(config, passphrase=passphrase)

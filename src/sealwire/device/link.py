@@ -18,6 +18,7 @@ relay cut the device off).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -342,3 +343,29 @@ class ActivationChannel:
     async def send(self, conn: RelayConnection, payload: bytes) -> None:
         """Send one activation-channel payload to our server on ``conn`` (a new session)."""
         await conn.send_activation(self._random(16), payload, self._profile.server_address)
+
+    async def post(self, payload: bytes, *, timeout: float) -> RelayConnection | None:
+        """Hand one payload that gets no answer (a wipe's result, an erasure notice) to the
+        relay, within ``timeout`` seconds; the connection to :meth:`finish`, or ``None`` if
+        the relay could not be reached (best effort: the caller goes on regardless)."""
+        conn: RelayConnection | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await self.open()
+                await self.send(conn, payload)
+                return conn
+        except (SealwireError, TimeoutError):
+            if conn is not None:
+                await conn.close()
+            return None
+
+    async def finish(self, conn: RelayConnection | None) -> None:
+        """Close a connection from :meth:`post` once the relay has had a moment to pass the
+        payload on (nothing is answered, so there is nothing else to wait for)."""
+        if conn is None:
+            return
+        try:
+            await asyncio.sleep(0.5)
+        finally:  # closed even when the caller is cancelled meanwhile
+            with contextlib.suppress(SealwireError):
+                await conn.close()

@@ -250,16 +250,11 @@ class Management:
         envelope = self._profile.seal_to_server(
             payload_type_of(result), encode_management_message(result)
         )
-        conn = None
-        with contextlib.suppress(SealwireError, TimeoutError):
-            conn = await asyncio.wait_for(self._channel.open(), COMMAND_RESULT_WAIT_S)
-            await self._channel.send(conn, encode_message(UnlockRequest(envelope=envelope)))
+        posted = await self._channel.post(
+            encode_message(UnlockRequest(envelope=envelope)), timeout=COMMAND_RESULT_WAIT_S
+        )
         self._erase_now()
-        if conn is not None:
-            with contextlib.suppress(SealwireError):
-                # No answer comes; give the relay a moment to pass it on before closing.
-                await asyncio.sleep(0.5)
-                await conn.close()
+        await self._channel.finish(posted)
 
     def _erase_now(self) -> None:
         self._vault.erase()

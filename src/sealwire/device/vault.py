@@ -33,12 +33,14 @@ from sealwire.protocol.codec import Struct, wire
 from sealwire.protocol.directory import REQUEST_ID_SIZE, Policy
 from sealwire.protocol.envelope import PayloadType, open_envelope
 from sealwire.protocol.management import (
+    DeviceErased,
     FetchRemoteSecret,
     RemoteSecretAnswer,
     SecretStatus,
     decode_management_message,
     encode_management_message,
     passcode_classes,
+    payload_type_of,
 )
 from sealwire.protocol.suite import XWingPrivateKey
 from sealwire.transport import RelayConnection
@@ -48,6 +50,9 @@ from .profile import Profile
 from .store import DeviceStore
 
 __all__ = ["PasscodeFacts", "Vault", "passcode_facts"]
+
+_REPORT_WAIT_S = 3.0
+"""How long reporting an erasure may take before the wrong passcode is reported to the person."""
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +124,10 @@ class Vault:
         store = self._store
         try:
             await in_thread(store.unlock_boot, passcode)
+        except DeviceWiped:  # that was the last wrong passcode the policy allows
+            self._wiped = True
+            await self._report_erased()
+            raise
         except StorageError:
             if self._wiped:  # erased meanwhile (a wipe command being carried out)
                 raise DeviceWiped("your organisation has wiped this device") from None
@@ -147,6 +156,24 @@ class Vault:
                 raise DeviceWiped("your organisation has wiped this device") from None
             self.lock()
             raise
+
+    async def _report_erased(self) -> None:
+        """Tell the server the device erased itself after too many wrong passcodes
+        (``DeviceErased``, through the relay's activation channel, a few seconds at most), so
+        that it marks the device wiped and peers stop sealing to it. Only possible when this
+        process still holds the identity from an earlier unlock (an app that auto-locked): a
+        one-shot ``sealwire device unlock`` has nothing left to sign with."""
+        try:
+            erased = DeviceErased(failed_attempts=self._profile.policy.max_failed_attempts)
+            envelope = self._profile.seal_to_server(
+                payload_type_of(erased), encode_management_message(erased)
+            )
+        except SealwireError:  # never unlocked in this process
+            return
+        posted = await self._channel.post(
+            encode_message(UnlockRequest(envelope=envelope)), timeout=_REPORT_WAIT_S
+        )
+        await self._channel.finish(posted)
 
     def lock(self) -> None:
         """Forget the keys (the profile is read again on the next unlock)."""

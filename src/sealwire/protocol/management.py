@@ -27,7 +27,13 @@ from dataclasses import dataclass
 
 from sealwire.errors import DecodeError, InvalidSignature
 from sealwire.protocol.codec import Struct, Variants, wire
-from sealwire.protocol.directory import MAX_POLICY_NAME, REQUEST_ID_SIZE, Policy, SignedPolicy
+from sealwire.protocol.directory import (
+    MAX_FAILED_ATTEMPTS,
+    MAX_POLICY_NAME,
+    REQUEST_ID_SIZE,
+    Policy,
+    SignedPolicy,
+)
 from sealwire.protocol.envelope import MAX_BODY_SIZE, PayloadType
 from sealwire.protocol.identity import ADDRESS_SIZE, MAX_TIME
 from sealwire.protocol.suite import (
@@ -47,6 +53,7 @@ __all__ = [
     "CommandResult",
     "CommandStatus",
     "ComplianceIssue",
+    "DeviceErased",
     "DeviceReport",
     "FetchRemoteSecret",
     "ManagementAnswer",
@@ -165,6 +172,17 @@ class CommandResult(Struct):
     """For the administrator; never a secret."""
 
 
+@dataclass(frozen=True)
+class DeviceErased(Struct):
+    """Device → server: the device erased its keys and messages on its own, after the
+    policy's limit of wrong passcodes in a row. Sent once, best effort, when the device still
+    can (it holds its identity key from an earlier unlock); nothing is answered. The server
+    marks the device wiped and stops directing messages to it."""
+
+    failed_attempts: int = wire(0, min_value=1, max_value=MAX_FAILED_ATTEMPTS)
+    """The wrong passcodes in a row that made it erase itself."""
+
+
 # --- Check-in and policy ---------------------------------------------------------------------
 
 
@@ -233,6 +251,7 @@ MANAGEMENT_MESSAGES = Variants(
         5: CommandResult,
         6: FetchRemoteSecret,
         7: RemoteSecretAnswer,
+        8: DeviceErased,
     },
 )
 """Bodies of ``POLICY``, ``COMMAND`` and ``CONTROL`` envelopes: ``[code, body]``."""

@@ -9,40 +9,44 @@ its caller and checks the request itself: names, ranges, states.
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from sealwire.errors import Conflict, NotFound
-from sealwire.protocol.directory import (
-    MAX_DISPLAY_NAME,
-    MAX_FAILED_ATTEMPTS,
-    MAX_OFFLINE_GRACE_S,
-    MIN_FAILED_ATTEMPTS,
-    Policy,
-    check_username,
-)
+from sealwire.protocol.directory import MAX_DISPLAY_NAME, check_username
 from sealwire.protocol.identity import short_address
 from sealwire.protocol.management import (
     COMMAND_ID_SIZE,
     Command,
     CommandKind,
-    ComplianceIssue,
     SignedCommand,
     check_passcode,
 )
 from sealwire.protocol.suite import seal_at_rest
 
-if TYPE_CHECKING:
-    from .service import EnterpriseServer
+from .audit import AuditLog
+from .policy import (
+    COMMAND_PURPOSE,
+    REMOTE_SECRET_PURPOSE,
+    EffectivePolicy,
+    PolicySettings,
+    check_name,
+    effective_policy,
+    issue_names,
+)
+from .store import LIVE_DEVICE_STATES, DeviceState, ServerStore, UserExists, UserState
+from .tickets import Tickets, check_ticket_lifetime
 
 __all__ = [
     "COMMAND_KINDS",
+    "COMMAND_PURPOSE",
+    "REMOTE_SECRET_PURPOSE",
     "Administration",
     "CommandView",
+    "DevicePush",
     "DeviceView",
     "EffectivePolicy",
     "GroupView",
@@ -57,100 +61,29 @@ __all__ = [
 
 COMMAND_KINDS = ("lock", "wipe", "renew-keys")
 _KINDS = {"lock": CommandKind.LOCK, "wipe": CommandKind.WIPE, "renew-keys": CommandKind.RENEW_KEYS}
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-COMMAND_PURPOSE = "server/command"
 WIPE_REVOCATION_DELAY_S = 5.0
 """After a wipe command, how long the relay still lets the device in (to erase itself and
 acknowledge) before it refuses it for good."""
-REMOTE_SECRET_PURPOSE = "server/remote-secret"  # noqa: S105 (a label)
 
 
-def check_name(kind: str, name: str) -> str:
-    """A group or policy name: 1-64 of ``a-z 0-9 . _ -``, starting with a letter or digit."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(
-            f"{name!r} is not a valid {kind} name: use 1-64 lower-case letters, digits, '.', "
-            "'_' or '-', starting with a letter or digit"
-        )
-    return name
+class DevicePush(Protocol):
+    """What the administration layer may ask of the relay link (best effort: every push has a
+    fallback, so none of these fails when the link is down)."""
 
+    async def push_command(self, signed: SignedCommand) -> None:
+        """Send a command to its device now."""
 
-@dataclass(frozen=True)
-class PolicySettings:
-    """The rules of one IT policy, as administrators edit them (defaults: the built-in
-    ``default`` policy)."""
+    async def push_policies(self) -> None:
+        """Send each device whose policy changed the one it should apply."""
 
-    passcode_min_length: int = 6
-    """6-64 characters."""
-    passcode_classes: int = 1
-    """1-4 of lower-case, upper-case, digit, other."""
-    max_failed_attempts: int = 10
-    """3-10 wrong passcodes in a row, then the device erases itself."""
-    auto_lock_s: int = 900
-    """Idle seconds before the device locks (0: never; at most a day)."""
-    offline_grace_s: int = 72 * 3600
-    """Seconds the device stays unlockable without reaching its server (0-30 days)."""
-    retention_days: int = 0
-    """Days messages are kept (0: until deleted; at most 3650)."""
-    export_allowed: bool = True
-    prekey_rotation_s: int = 7 * 86400
-    """1 hour - 90 days."""
-    directory_cache_s: int = 600
-    """0 - 1 day."""
+    async def send_revocations(self) -> None:
+        """Hand the relay every revocation it has not confirmed yet."""
 
-    def check(self) -> PolicySettings:
-        """Return ``self`` if every value is in range.
+    async def directory_changed(self, usernames: list[str]) -> None:
+        """Tell the devices holding these people's entries to drop them."""
 
-        Raises:
-            ValueError: naming the first setting out of range.
-        """
-        for name, low, high in _RANGES:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(f"{name} must be an integer from {low} to {high}")
-        if not isinstance(self.export_allowed, bool):
-            raise ValueError("export_allowed must be true or false")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_json(cls, text: str) -> PolicySettings:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    def policy(self, name: str, version: int, issued_at: int) -> Policy:
-        """The wire :class:`~sealwire.protocol.directory.Policy` of these settings."""
-        return Policy(
-            version=version,
-            issued_at=issued_at,
-            prekey_rotation_s=self.prekey_rotation_s,
-            directory_cache_s=self.directory_cache_s,
-            name=name,
-            passcode_min_length=self.passcode_min_length,
-            passcode_classes=self.passcode_classes,
-            max_failed_attempts=self.max_failed_attempts,
-            auto_lock_s=self.auto_lock_s,
-            offline_grace_s=self.offline_grace_s,
-            retention_days=self.retention_days,
-            export_allowed=self.export_allowed,
-        )
-
-
-_RANGES = (
-    ("passcode_min_length", 6, 64),
-    ("passcode_classes", 1, 4),
-    ("max_failed_attempts", MIN_FAILED_ATTEMPTS, MAX_FAILED_ATTEMPTS),
-    ("auto_lock_s", 0, 86400),
-    ("offline_grace_s", 0, MAX_OFFLINE_GRACE_S),
-    ("retention_days", 0, 3650),
-    ("prekey_rotation_s", 3600, 90 * 86400),
-    ("directory_cache_s", 0, 86400),
-)
+    def revoke_soon(self, delay_s: float) -> None:
+        """Send the pending revocations after ``delay_s`` seconds."""
 
 
 @dataclass(frozen=True)
@@ -239,47 +172,56 @@ class CommandView:
     detail: str
 
 
-@dataclass(frozen=True)
-class EffectivePolicy:
-    """The policy that applies to one person."""
-
-    name: str
-    version: int
-    settings: PolicySettings
-
-
-def effective_policy(store: Any, conn: sa.Connection, user_id: int) -> EffectivePolicy:
-    """The policy of the person's first group (by priority) that has one, else ``default``."""
-    for row in store.user_groups(conn, user_id):
-        if row.policy is not None:
-            name = row.policy
-            break
-    else:
-        name = "default"
-    policy = store.policy_row(conn, name)
-    if policy is None:  # only before the server created its default policy
-        return EffectivePolicy("default", 0, PolicySettings())
-    return EffectivePolicy(name, int(policy.version), PolicySettings.from_json(policy.settings))
-
-
 class Administration:
-    """The administrative operations of one server (see the module docstring).
+    """The administrative operations of one server (see the module docstring). It is given
+    what it needs, never the server: devices are reached through ``push``
+    (:class:`DevicePush`).
+
+    Args:
+        store: the server's database.
+        audit: the audit log every change is entered in.
+        push: reaches devices through the relay link (best effort).
+        tickets: makes and stores activation tickets.
+        sign_command: signs a command as the server.
+        ticket_key: the at-rest key queued commands are sealed under.
+        status: the running server's status.
+        clock: Unix milliseconds.
+        random: source of random bytes.
 
     Errors: :class:`~sealwire.errors.NotFound`, :class:`~sealwire.errors.Conflict`,
     ``ValueError`` (a bad value, with a message for the administrator).
     """
 
-    def __init__(self, server: EnterpriseServer) -> None:
-        self._server = server
-        self._store = server.store
-        self._db = server.store.db
-        self._audit = server.audit
+    def __init__(
+        self,
+        *,
+        store: ServerStore,
+        audit: AuditLog,
+        push: DevicePush,
+        tickets: Tickets,
+        sign_command: Callable[[Command], SignedCommand],
+        ticket_key: bytes,
+        status: Callable[[], dict[str, object]],
+        clock: Callable[[], int],
+        random: Callable[[int], bytes],
+    ) -> None:
+        self._store = store
+        self._db = store.db
+        self._audit = audit
+        self._push = push
+        self._tickets = tickets
+        self._sign_command = sign_command
+        self._ticket_key = ticket_key
+        self._status = status
+        self._clock = clock
+        self._random = random
 
     def _now(self) -> int:
-        return self._server.now_ms()
+        return self._clock()
 
     def status(self) -> dict[str, object]:
-        return self._server.status()
+        """The running server's status."""
+        return self._status()
 
     # --- people ---------------------------------------------------------------------------
 
@@ -312,33 +254,62 @@ class Administration:
         lifetime_s: int | None = None,
         groups: tuple[str, ...] = (),
     ) -> TicketView:
-        """Add a person (optionally into groups) and issue their first activation ticket."""
+        """Add a person (optionally into groups) and issue their first activation ticket:
+        the person, the memberships, the ticket and the audit entry are one transaction.
+
+        Raises:
+            UserExists, NotFound (a group), ValueError, ConfigError (a lifetime).
+        """
         check_username(username)
         if not 1 <= len(display_name) <= MAX_DISPLAY_NAME:
             raise ValueError(f"a display name has 1 to {MAX_DISPLAY_NAME} characters")
-        self._server.check_ticket_lifetime(lifetime_s)
+        check_ticket_lifetime(lifetime_s)
+        if self._store.users([username]):  # fail early, before the Argon2id work
+            raise UserExists(f"a person with the user name {username!r} exists already")
+        with self._db.transaction() as conn:
+            for name in groups:
+                self._group_id(conn, name)
+        new = await self._tickets.make(lifetime_s)
         with self._db.transaction() as conn:
             ids = [self._group_id(conn, name) for name in groups]
-        self._server.add_user(username, display_name)
-        with self._db.transaction() as conn:
-            user_id = self._store.user_id(conn, username)
+            user_id = self._store.add_user(username, display_name, now=self._now(), conn=conn)
             for group_id in ids:
                 self._store.set_member(conn, group_id, user_id, True)
+            issued = self._tickets.store(conn, username, user_id, new)
             self._audit.append(
                 actor,
                 "user.add",
                 username,
-                {"display_name": display_name, "groups": list(groups)},
+                {
+                    "display_name": display_name,
+                    "groups": list(groups),
+                    "expires_at": issued.expires_at,
+                },
                 conn=conn,
             )
-        return await self.issue_ticket(actor, username, lifetime_s)
+        return TicketView(issued.username, issued.ticket, issued.password, issued.expires_at)
 
     async def issue_ticket(
         self, actor: str, username: str, lifetime_s: int | None = None
     ) -> TicketView:
+        """A new activation ticket and one-time password for ``username`` (any open ticket
+        of theirs is withdrawn), with its audit entry in the same transaction.
+
+        Raises:
+            UnknownUser: no such person, or a disabled one.
+            ConfigError: a lifetime outside one minute to 30 days.
+        """
         check_username(username)
-        issued = await self._server.issue_ticket(username, lifetime_s)
-        self._audit.append(actor, "user.ticket", username, {"expires_at": issued.expires_at})
+        check_ticket_lifetime(lifetime_s)
+        with self._db.transaction() as conn:  # fail early, before the Argon2id work
+            self._store.active_user_id(conn, username)
+        new = await self._tickets.make(lifetime_s)
+        with self._db.transaction() as conn:
+            user_id = self._store.active_user_id(conn, username)
+            issued = self._tickets.store(conn, username, user_id, new)
+            self._audit.append(
+                actor, "user.ticket", username, {"expires_at": issued.expires_at}, conn=conn
+            )
         return TicketView(issued.username, issued.ticket, issued.password, issued.expires_at)
 
     async def disable_user(self, actor: str, username: str) -> UserView:
@@ -349,11 +320,13 @@ class Administration:
         wipes: list[SignedCommand] = []
         with self._db.transaction() as conn:
             user_id = self._store.user_id(conn, username)
-            addresses = self._store.device_addresses(conn, user_id, ("pending", "active", "wiped"))
-            self._store.set_user_state(conn, user_id, "disabled")
+            addresses = self._store.device_addresses(
+                conn, user_id, (*LIVE_DEVICE_STATES, DeviceState.WIPED)
+            )
+            self._store.set_user_state(conn, user_id, UserState.DISABLED)
             for address in addresses:
                 wipes.append(self._queue_command(conn, actor, address, CommandKind.WIPE, None, now))
-            self._store.end_devices(conn, addresses, "revoked")
+            self._store.end_devices(conn, addresses, DeviceState.REVOKED)
             self._store.add_revocations(conn, addresses, now)
             self._audit.append(
                 actor,
@@ -364,9 +337,9 @@ class Administration:
             )
         # Wipes first (a connected device may still get its own), then the relay drops them.
         for signed in wipes:
-            await self._server.push_command(signed)
-        await self._server.send_revocations()
-        await self._server.directory_changed([username])  # peers' caches drop the person now
+            await self._push.push_command(signed)
+        await self._push.send_revocations()
+        await self._push.directory_changed([username])  # peers' caches drop the person now
         return self.user(username)
 
     def enable_user(self, actor: str, username: str) -> UserView:
@@ -374,7 +347,7 @@ class Administration:
         check_username(username)
         with self._db.transaction() as conn:
             user_id = self._store.user_id(conn, username)
-            self._store.set_user_state(conn, user_id, "active")
+            self._store.set_user_state(conn, user_id, UserState.ACTIVE)
             self._audit.append(actor, "user.enable", username, conn=conn)
         return self.user(username)
 
@@ -455,7 +428,7 @@ class Administration:
                 self._store.update_group(conn, group_id, **values)
                 self._audit.append(actor, "group.update", name, values, conn=conn)
         if priority is not None:  # may change whose policy wins
-            await self._server.push_policies()
+            await self._push.push_policies()
         return self.group(name)
 
     async def assign_policy(self, actor: str, group: str, policy: str | None) -> GroupView:
@@ -465,14 +438,14 @@ class Administration:
             policy_id = None if policy is None else self._policy_id(conn, policy)
             self._store.update_group(conn, group_id, policy_id=policy_id)
             self._audit.append(actor, "group.policy", group, {"policy": policy}, conn=conn)
-        await self._server.push_policies()
+        await self._push.push_policies()
         return self.group(group)
 
     async def delete_group(self, actor: str, name: str) -> None:
         with self._db.transaction() as conn:
             self._store.delete_group(conn, self._group_id(conn, name))
             self._audit.append(actor, "group.delete", name, conn=conn)
-        await self._server.push_policies()
+        await self._push.push_policies()
 
     async def add_member(self, actor: str, group: str, username: str) -> GroupView:
         return await self._membership(actor, group, username, True)
@@ -488,7 +461,7 @@ class Administration:
             self._store.set_member(conn, group_id, user_id, member)
             action = "group.add-member" if member else "group.remove-member"
             self._audit.append(actor, action, group, {"user": username}, conn=conn)
-        await self._server.push_policies()
+        await self._push.push_policies()
         return self.group(group)
 
     # --- policies -------------------------------------------------------------------------
@@ -530,7 +503,7 @@ class Administration:
                 {"version": version, "settings": settings.to_json()},
                 conn=conn,
             )
-        await self._server.push_policies()
+        await self._push.push_policies()
         return self.policy(name)
 
     def delete_policy(self, actor: str, name: str) -> None:
@@ -589,7 +562,7 @@ class Administration:
         now = self._now()
         with self._db.transaction() as conn:
             row = next(r for r in self._store.all_devices(conn) if bytes(r.address) == address)
-            if row.state not in ("pending", "active"):
+            if row.state not in LIVE_DEVICE_STATES:
                 raise Conflict(f"the device is {row.state}: it takes no more commands")
             if new_passcode is not None:
                 user_id = self._store.user_id(conn, row.username)
@@ -607,14 +580,14 @@ class Administration:
             if kind == "wipe":
                 # The crypto-backed half: from now on no copy of the device can be unlocked
                 # once its offline grace has passed, whether or not it gets the command.
-                self._store.end_devices(conn, [address], "wiped")
+                self._store.end_devices(conn, [address], DeviceState.WIPED)
                 self._store.add_revocations(conn, [address], now)
-        await self._server.push_command(signed)
+        await self._push.push_command(signed)
         if kind == "wipe":
             # A connected device gets a moment to erase itself and say so; then (or at once,
             # if the server restarts) the relay refuses it whatever it does.
-            self._server.revoke_soon(WIPE_REVOCATION_DELAY_S)
-            await self._server.directory_changed([row.username])
+            self._push.revoke_soon(WIPE_REVOCATION_DELAY_S)
+            await self._push.directory_changed([row.username])
         return self.command_status(signed.command.command_id.hex())
 
     def _queue_command(
@@ -627,24 +600,24 @@ class Administration:
         now: int,
     ) -> SignedCommand:
         command = Command(
-            command_id=self._server.random(COMMAND_ID_SIZE),
+            command_id=self._random(COMMAND_ID_SIZE),
             device=address,
             kind=kind,
             issued_at=now // 1000,
             new_passcode=new_passcode,
         )
-        signed = self._server.sign_command(command)
+        signed = self._sign_command(command)
         self._store.add_command(
             conn,
             command_id=command.command_id,
             address=address,
             kind=_kind_name(kind),
             sealed=seal_at_rest(
-                self._server.keys.ticket_key,
+                self._ticket_key,
                 signed.encode(),
                 purpose=COMMAND_PURPOSE,
                 context=command.command_id,
-                random=self._server.random,
+                random=self._random,
             ),
             now=now,
             actor=actor,
@@ -714,8 +687,3 @@ def _command_view(row: Any) -> CommandView:
         completed_at=None if row.completed_at is None else row.completed_at // 1000,
         detail=row.detail,
     )
-
-
-def issue_names(issues: tuple[ComplianceIssue, ...]) -> str:
-    """How compliance issues are stored and shown: ``passcode-too-short,...``."""
-    return ",".join(issue.name.lower().replace("_", "-") for issue in issues)

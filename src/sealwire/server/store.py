@@ -12,8 +12,9 @@ Every method is one transaction; several server processes may share one PostgreS
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,6 +196,39 @@ class TicketState(enum.Enum):
     """Replaced by a newer ticket for the same person, or withdrawn."""
 
 
+class UserState(enum.StrEnum):
+    """A person's state (``users.state``)."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"
+    """Deprovisioned: out of the directory, devices revoked."""
+
+
+class DeviceState(enum.StrEnum):
+    """A device's state (``devices.state``)."""
+
+    PENDING = "pending"
+    """Activated, not heard from yet: not in the directory."""
+    ACTIVE = "active"
+    WIPED = "wiped"
+    """Wiped by a command, or erased itself after wrong passcodes."""
+    REVOKED = "revoked"
+    """Its person was deprovisioned."""
+
+
+LIVE_DEVICE_STATES = (DeviceState.PENDING, DeviceState.ACTIVE)
+"""Devices that still take commands and get their remote secret."""
+
+
+class CommandState(enum.StrEnum):
+    """A command's state (``commands.state``)."""
+
+    QUEUED = "queued"
+    """Waiting for the device."""
+    DONE = "done"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class UserRecord:
     id: int
@@ -258,6 +292,15 @@ class ServerStore:
     def close(self) -> None:
         self.db.close()
 
+    @contextlib.contextmanager
+    def _transaction(self, conn: sa.Connection | None) -> Iterator[sa.Connection]:
+        """The caller's open transaction if given, else a new one."""
+        if conn is not None:
+            yield conn
+        else:
+            with self.db.transaction() as new:
+                yield new
+
     # --- settings -------------------------------------------------------------------------
 
     def setting(self, name: str) -> bytes | None:
@@ -275,14 +318,19 @@ class ServerStore:
 
     # --- people ---------------------------------------------------------------------------
 
-    def add_user(self, username: str, display_name: str, *, now: int) -> int:
-        """Raises: UserExists."""
-        with self.db.transaction() as conn:
+    def add_user(
+        self, username: str, display_name: str, *, now: int, conn: sa.Connection | None = None
+    ) -> int:
+        """Add a person (in ``conn``, the caller's transaction, if given). Raises: UserExists."""
+        with self._transaction(conn) as conn:
             if conn.execute(sa.select(users.c.id).where(users.c.username == username)).first():
                 raise UserExists(f"a person with the user name {username!r} exists already")
             result = conn.execute(
                 users.insert().values(
-                    username=username, display_name=display_name, state="active", created_at=now
+                    username=username,
+                    display_name=display_name,
+                    state=UserState.ACTIVE,
+                    created_at=now,
                 )
             )
             key = result.inserted_primary_key
@@ -295,10 +343,16 @@ class ServerStore:
             return record
         raise UnknownUser(f"no person with the user name {username!r}")
 
+    def username_of(self, user_id: int) -> str:
+        """The user name of a person by id ("" if there is none)."""
+        with self.db.transaction() as conn:
+            row = conn.execute(sa.select(users.c.username).where(users.c.id == user_id)).first()
+        return "" if row is None else str(row[0])
+
     def users(self, usernames: Iterable[str] | None = None) -> list[UserRecord]:
         count = (
             sa.select(sa.func.count())
-            .where(devices.c.user_id == users.c.id, devices.c.state == "active")
+            .where(devices.c.user_id == users.c.id, devices.c.state == DeviceState.ACTIVE)
             .scalar_subquery()
         )
         query = sa.select(users, count.label("devices")).order_by(users.c.username)
@@ -330,10 +384,12 @@ class ServerStore:
         now: int,
         expires_at: int,
         attempts: int,
+        conn: sa.Connection | None = None,
     ) -> None:
-        """Store a new ticket; earlier open tickets of the same person are revoked (one
-        activation password per person at a time)."""
-        with self.db.transaction() as conn:
+        """Store a new ticket (in ``conn``, the caller's transaction, if given); earlier open
+        tickets of the same person are revoked (one activation password per person at a
+        time)."""
+        with self._transaction(conn) as conn:
             conn.execute(
                 tickets.update()
                 .where(tickets.c.user_id == user_id, tickets.c.state == TicketState.OPEN.value)
@@ -419,14 +475,16 @@ class ServerStore:
         now: int,
         max_devices: int,
         remote_secret: bytes,
+        conn: sa.Connection | None = None,
     ) -> bool:
         """Use an open, unexpired ticket to add a device; ``False`` if the ticket is no longer
         usable (used, burned, expired, revoked) or the person has ``max_devices`` already.
 
         ``signed_prekeys`` holds ``(prekey id, encoded signed prekey, not_after)``;
         ``remote_secret`` is the device's remote secret, sealed under the server's key.
+        With ``conn``, it runs in the caller's transaction.
         """
-        with self.db.transaction() as conn:
+        with self._transaction(conn) as conn:
             row = conn.execute(
                 sa.select(tickets.c.user_id).where(
                     tickets.c.ticket_id == ticket_id,
@@ -439,7 +497,7 @@ class ServerStore:
             user_id = row[0]
             active = conn.execute(
                 sa.select(sa.func.count()).where(
-                    devices.c.user_id == user_id, devices.c.state.in_(("active", "pending"))
+                    devices.c.user_id == user_id, devices.c.state.in_(LIVE_DEVICE_STATES)
                 )
             ).scalar_one()
             if active >= max_devices:
@@ -461,7 +519,7 @@ class ServerStore:
                     activated_at=now,
                     # Pending until the device's first envelope proves it holds its keys (the
                     # server's answer may never have reached it): only then in the directory.
-                    state="pending",
+                    state=DeviceState.PENDING,
                 )
             )
             for prekey_id, signed, not_after in signed_prekeys:
@@ -480,14 +538,14 @@ class ServerStore:
         return found[0] if found else None
 
     def devices_of(
-        self, usernames: Sequence[str], *, now: int, states: Sequence[str] = ("active",)
+        self, usernames: Sequence[str], *, now: int, states: Sequence[str] = (DeviceState.ACTIVE,)
     ) -> list[DeviceRecord]:
         """Devices (by default: active ones) of active people, with their prekeys valid at
         ``now`` (seconds)."""
         return self._devices(
             users.c.username.in_(list(usernames)),
             devices.c.state.in_(list(states)),
-            users.c.state == "active",
+            users.c.state == UserState.ACTIVE,
             now=now,
         )
 
@@ -527,8 +585,8 @@ class ServerStore:
         with self.db.transaction() as conn:
             conn.execute(
                 devices.update()
-                .where(devices.c.address == address, devices.c.state == "pending")
-                .values(state="active")
+                .where(devices.c.address == address, devices.c.state == DeviceState.PENDING)
+                .values(state=DeviceState.ACTIVE)
             )
 
     def publish_prekeys(
@@ -626,7 +684,7 @@ class ServerStore:
             return
         conn.execute(
             devices.update()
-            .where(devices.c.address.in_(list(addresses)), devices.c.state != "revoked")
+            .where(devices.c.address.in_(list(addresses)), devices.c.state != DeviceState.REVOKED)
             .values(state=state)
         )
         conn.execute(
@@ -641,9 +699,20 @@ class ServerStore:
             raise UnknownUser(f"no person with the user name {username!r}")
         return int(row[0])
 
+    def active_user_id(self, conn: sa.Connection, username: str) -> int:
+        """The id of an active person. Raises: UnknownUser (none, or disabled)."""
+        row = conn.execute(
+            sa.select(users.c.id, users.c.state).where(users.c.username == username)
+        ).first()
+        if row is None:
+            raise UnknownUser(f"no person with the user name {username!r}")
+        if row.state != UserState.ACTIVE:
+            raise UnknownUser(f"{username!r} is disabled")
+        return int(row.id)
+
     def set_user_state(self, conn: sa.Connection, user_id: int, state: str) -> None:
         conn.execute(users.update().where(users.c.id == user_id).values(state=state))
-        if state != "active":
+        if state != UserState.ACTIVE:
             conn.execute(
                 tickets.update()
                 .where(tickets.c.user_id == user_id, tickets.c.state == TicketState.OPEN.value)
@@ -814,7 +883,7 @@ class ServerStore:
                 command_id=command_id,
                 address=address,
                 kind=kind,
-                state="queued",
+                state=CommandState.QUEUED,
                 signed=sealed,
                 created_at=now,
                 created_by=actor,
@@ -861,7 +930,7 @@ class ServerStore:
             sa.select(commands).where(
                 commands.c.command_id == command_id,
                 commands.c.address == address,
-                commands.c.state == "queued",
+                commands.c.state == CommandState.QUEUED,
             )
         ).first()
         if row is None:
@@ -881,9 +950,11 @@ class ServerStore:
             .where(
                 commands.c.address == address,
                 commands.c.kind == "wipe",
-                commands.c.state == "queued",
+                commands.c.state == CommandState.QUEUED,
             )
-            .values(state="done", detail="told to erase itself at unlock", completed_at=now)
+            .values(
+                state=CommandState.DONE, detail="told to erase itself at unlock", completed_at=now
+            )
         )
 
     def all_devices(self, conn: sa.Connection, username: str | None = None) -> list[sa.Row[Any]]:

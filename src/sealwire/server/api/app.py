@@ -59,7 +59,7 @@ from .refusals import Refusal, RefusalAudit
 from .routes import AREAS
 
 if TYPE_CHECKING:
-    from ..service import EnterpriseServer
+    from ..server import EnterpriseServer
 
 __all__ = ["MAX_BODY", "URL_FILE", "AdminApi", "check_bind", "create_app"]
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final
 from . import accounts, audit, commands, devices, groups, policies, status, users
 
 if TYPE_CHECKING:
-    from ...service import EnterpriseServer
+    from ...server import EnterpriseServer
     from ..access import Routes
 
 __all__ = ["AREAS"]

@@ -17,7 +17,7 @@ from ..models import (
 )
 
 if TYPE_CHECKING:
-    from ...service import EnterpriseServer
+    from ...server import EnterpriseServer
     from ..access import Routes
 
 

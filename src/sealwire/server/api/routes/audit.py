@@ -14,7 +14,7 @@ from ..access import Who
 from ..models import Plain
 
 if TYPE_CHECKING:
-    from ...service import EnterpriseServer
+    from ...server import EnterpriseServer
     from ..access import Routes
 
 

@@ -16,7 +16,7 @@ from ..access import COMMAND_PERMISSIONS, Who
 from ..models import CommandBody, Name
 
 if TYPE_CHECKING:
-    from ...service import EnterpriseServer
+    from ...server import EnterpriseServer
     from ..access import Routes
 
 

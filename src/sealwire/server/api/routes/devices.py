@@ -11,7 +11,7 @@ from ...administration import DeviceView
 from ..models import Name
 
 if TYPE_CHECKING:
-    from ...service import EnterpriseServer
+    from ...server import EnterpriseServer
     from ..access import Routes
 
 

@@ -10,7 +10,7 @@ from ..access import Who
 from ..models import PolicyBody
 
 if TYPE_CHECKING:
-    from ...service import EnterpriseServer
+    from ...server import EnterpriseServer
     from ..access import Routes
 
 

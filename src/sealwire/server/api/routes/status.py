@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ...accounts import Permission
 
 if TYPE_CHECKING:
-    from ...service import EnterpriseServer
+    from ...server import EnterpriseServer
     from ..access import Routes
 
 
