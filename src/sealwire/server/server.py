@@ -18,10 +18,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sealwire._system import now_ms
 from sealwire.errors import ConfigError
 from sealwire.protocol.identity import (
     ChainVerifier,
@@ -57,10 +57,6 @@ _SERVER_CERT_S = 366 * 86400
 _SERVER_PREKEY_ID = 1
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class EnterpriseServer:
     """One enterprise server process. Make it with :meth:`open`, then :meth:`start`.
 
@@ -78,7 +74,7 @@ class EnterpriseServer:
         keys: ServerKeys,
         store: ServerStore,
         *,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.config = config
@@ -191,7 +187,7 @@ class EnterpriseServer:
         config: ServerConfig,
         *,
         passphrase: str | None = None,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> EnterpriseServer:
         """Open the server in ``config.data``, creating the organisation on the first run.
 

@@ -47,6 +47,7 @@ from urllib.parse import quote
 import sqlalchemy as sa
 import sqlalchemy.exc
 
+from sealwire._system import now_ms
 from sealwire.errors import ConfigError, StorageError
 from sealwire.storage.migrations import Migration, MigrationStatus, check_migrations
 
@@ -258,7 +259,7 @@ class Database:
                 if current >= migration.version:
                     continue
                 migration.apply(conn)
-                values = {"version": migration.version, "updated_at": time.time_ns() // 1_000_000}
+                values = {"version": migration.version, "updated_at": now_ms()}
                 done = conn.execute(
                     _schema.update().where(_schema.c.component == self.component).values(values)
                 )
