@@ -341,3 +341,26 @@ def test_bootstrap_makes_the_first_administrator_once(org: Org, tmp_path: Path) 
     assert Path(path).read_text().strip() == password
     assert org.actions()[0] == ("system", "account.create", "admin")
     assert password not in "\n".join(org.audit.export_lines())
+
+
+def test_a_role_and_a_password_changed_together_are_one_audited_change(org: Org) -> None:
+    """PATCH /v1/accounts/{name} with both wrote two entries (and two transactions)."""
+    accounts = org.accounts
+    run(accounts.create("system", "root", GOOD, "security-admin"))
+    run(accounts.create("root", "helper", GOOD, "helpdesk"))
+    before = len(org.audit.entries())
+    token, _ = run(accounts.login("helper", GOOD))
+    view = run(accounts.change("root", "helper", role="admin", password="another good password"))
+    assert view.role == "admin"
+    with pytest.raises(AuthenticationFailed):
+        accounts.authenticate(token)
+    run(accounts.login("helper", "another good password"))
+    changes = [e for e in org.audit.entries()[before:] if e.actor == "root"]
+    assert [(e.action, e.details) for e in changes] == [
+        ("account.change", {"from": "helpdesk", "to": "admin", "changed": ["role", "password"]})
+    ]
+    # The same role again changes nothing and writes nothing.
+    count = len(org.audit.entries())
+    assert run(accounts.change("root", "helper", role="admin")).role == "admin"
+    assert len(org.audit.entries()) == count
+    assert org.audit.verify().ok

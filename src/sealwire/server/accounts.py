@@ -58,7 +58,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 
@@ -350,40 +350,67 @@ class AdminAccounts:
         Raises:
             Conflict: it would leave no active security admin.
         """
-        chosen = _role(role)
-        with self._db.transaction() as conn:
-            row = self._row(conn, username)
-            if row.role == chosen.value:
-                return _view(row)
-            if row.role == Role.SECURITY_ADMIN and row.state == "active":
-                self._keep_a_security_admin(conn, username)
-            conn.execute(admins.update().where(admins.c.id == row.id).values(role=chosen.value))
-            conn.execute(admin_tokens.delete().where(admin_tokens.c.admin_id == row.id))
-            self._audit.append(
-                actor, "account.role", username, {"from": row.role, "to": chosen.value}, conn=conn
-            )
-            return _view(self._row(conn, username))
+        return self._change(actor, username, _role(role), None)
 
     async def set_password(self, actor: str, username: str, password: str) -> AccountView:
         """Give an account a new password (at least :data:`MIN_PASSWORD` characters); its tokens
         end and its failed-login count is reset."""
+        return await self.change(actor, username, password=password)
+
+    async def change(
+        self, actor: str, username: str, *, role: str | None = None, password: str | None = None
+    ) -> AccountView:
+        """Change an account's role, password or both: one transaction and one audit entry
+        (``account.role``, ``account.password``, or ``account.change`` naming both); its tokens
+        end. A role it has already changes nothing.
+
+        Raises:
+            Conflict: it would leave no active security admin.
+            ValueError: a password shorter than :data:`MIN_PASSWORD`, or an unknown role.
+        """
         check_username(username)
-        params, key = await self._derive_new(_check_password(password))
+        chosen = _role(role) if role is not None else None
+        derived = (
+            await self._derive_new(_check_password(password)) if password is not None else None
+        )
+        return self._change(actor, username, chosen, derived)
+
+    def _change(
+        self,
+        actor: str,
+        username: str,
+        chosen: Role | None,
+        derived: tuple[Argon2Params, bytes] | None,
+    ) -> AccountView:
         with self._db.transaction() as conn:
             row = self._row(conn, username)
-            conn.execute(
-                admins.update()
-                .where(admins.c.id == row.id)
-                .values(
+            values: dict[str, Any] = {}
+            details: dict[str, Any] = {}
+            if chosen is not None and row.role != chosen.value:
+                if row.role == Role.SECURITY_ADMIN and row.state == "active":
+                    self._keep_a_security_admin(conn, username)
+                values["role"] = chosen.value
+                details = {"from": row.role, "to": chosen.value}
+            if derived is not None:
+                params, hashed = derived
+                values.update(
                     password_params=params.encode(),
-                    password_hash=key,
+                    password_hash=hashed,
                     password_changed_at=self._clock(),
                     failed_logins=0,
                     last_failed_at=None,
                 )
-            )
+            if not values:
+                return _view(row)
+            conn.execute(admins.update().where(admins.c.id == row.id).values(**values))
             conn.execute(admin_tokens.delete().where(admin_tokens.c.admin_id == row.id))
-            self._audit.append(actor, "account.password", username, conn=conn)
+            if derived is None:
+                self._audit.append(actor, "account.role", username, details, conn=conn)
+            elif not details:
+                self._audit.append(actor, "account.password", username, conn=conn)
+            else:
+                details["changed"] = ["role", "password"]
+                self._audit.append(actor, "account.change", username, details, conn=conn)
             return _view(self._row(conn, username))
 
     def disable(self, actor: str, username: str) -> AccountView:

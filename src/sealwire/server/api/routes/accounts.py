@@ -77,12 +77,7 @@ def declare(route: Routes, server: EnterpriseServer) -> None:
         """Change an administrator's role or password (their logins end)."""
         if body.role is None and body.password is None:
             raise ValueError("give a role, a password, or both")
-        view = accounts.get(username)
-        if body.role is not None:
-            view = accounts.set_role(who.username, username, body.role)
-        if body.password is not None:
-            view = await accounts.set_password(who.username, username, body.password)
-        return view
+        return await accounts.change(who.username, username, role=body.role, password=body.password)
 
     @route.post("/v1/accounts/{username}/disable", Permission.ACCOUNTS_WRITE)
     async def disable_account(username: str, who: Who) -> AccountView:
