@@ -151,9 +151,11 @@ class Vault:
             self.record_passcode(passcode)
         except DeviceWiped:
             raise
-        except BaseException:
+        except BaseException as exc:
             if self._wiped:  # erased meanwhile (a wipe command being carried out)
-                raise DeviceWiped("your organisation has wiped this device") from None
+                if isinstance(exc, Exception):
+                    raise DeviceWiped("your organisation has wiped this device") from None
+                raise  # a cancellation stays one; there is nothing left to lock
             self.lock()
             raise
 
